@@ -1,0 +1,73 @@
+// The project file: fedcli.yaml (FEDn's fedn.yaml and Scaleout Edge's scaleout.yaml are
+// read unchanged).
+//
+//   name: my-project            # optional
+//   python_env: python_env.yaml # optional, path relative to the project folder
+//   entry_points:
+//     build:    {command: python3 model.py}
+//     startup:  {command: python3 data.py}
+//     train:    {command: python3 train.py}      # mandatory for a client
+//     validate: {command: python3 validate.py}
+//     predict:  {command: python3 predict.py}
+//
+// Loading is strict: an unknown key, a value of the wrong kind or an empty command is an
+// error that names the file, line and column and says how to fix it, e.g.
+//   "fedn.yaml:4:3: unknown entry point 'trian'; did you mean 'train'? (known: build, ...)".
+// FEDn's split-learning entry points `forward` and `backward` are accepted so FEDn
+// projects load unchanged, but fedcli never runs them.
+//
+// Thread-safety: functions here are pure; a Project is a plain value.
+#pragma once
+
+#include <filesystem>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace fedcli::project {
+
+/// Project file names looked for in a project folder, in this order.
+inline constexpr std::string_view k_project_file_names[] = {"fedcli.yaml", "fedn.yaml",
+                                                            "scaleout.yaml"};
+
+/// Entry point names fedcli runs, in the order a client uses them.
+inline constexpr std::string_view k_entry_point_names[] = {"build", "startup", "train",
+                                                           "validate", "predict"};
+
+struct EntryPoint {
+    std::string name;     ///< "train", ...
+    std::string command;  ///< the command line, split like a shell would when run
+    int line = 0;         ///< 1-based line of the entry in the project file (0 if unknown)
+};
+
+struct Project {
+    std::filesystem::path directory;  ///< the project folder (absolute)
+    std::filesystem::path file;       ///< the project file that was loaded (absolute)
+    std::string name;                 ///< `name:`, or the folder name when absent
+    std::optional<std::filesystem::path> python_env;  ///< `python_env:` as written
+    std::vector<EntryPoint> entry_points;             ///< in file order
+
+    /// The entry point with this name, or nullptr.
+    const EntryPoint* find(std::string_view entry_point) const;
+};
+
+/// Finds the project file in `directory` (see k_project_file_names). Throws fedcli::Error
+/// naming the folder and the names tried when there is none, or when the folder is missing.
+std::filesystem::path find_project_file(const std::filesystem::path& directory);
+
+/// Loads and checks the project in `directory`. Throws fedcli::Error with file:line:column.
+Project load(const std::filesystem::path& directory);
+
+/// Loads and checks a project file; its folder is the project folder.
+Project load_file(const std::filesystem::path& file);
+
+/// Parses project file text; `file` names it in errors and sets Project::file/directory.
+Project parse(std::string_view text, const std::filesystem::path& file);
+
+/// Problems that do not stop the project from loading but stop it from working as a
+/// client project: no `train` entry point, a python_env file that does not exist. Each
+/// message names the file (and line where known) and the fix. Empty when all is well.
+std::vector<std::string> check_for_client(const Project& project);
+
+}  // namespace fedcli::project

@@ -1,0 +1,47 @@
+// Shared helpers for unit tests: a private temporary folder per test and a way to run
+// Python + numpy to produce and check fixtures at test time.
+#pragma once
+
+#include <filesystem>
+#include <string>
+#include <vector>
+
+namespace fedcli::test {
+
+/// A fresh folder under $TMPDIR (or /tmp), removed with everything in it on destruction.
+class TempDir {
+public:
+    TempDir();
+    ~TempDir();
+    TempDir(const TempDir&) = delete;
+    TempDir& operator=(const TempDir&) = delete;
+
+    const std::filesystem::path& path() const { return m_path; }
+    std::filesystem::path operator/(const std::string& name) const { return m_path / name; }
+
+private:
+    std::filesystem::path m_path;
+};
+
+struct CommandResult {
+    int exit_code = -1;
+    std::string output;  ///< stdout and stderr together
+};
+
+/// Runs argv[0] with arguments (no shell), capturing output.
+CommandResult run_command(const std::vector<std::string>& argv);
+
+/// The Python interpreter with numpy used to cross-check formats (FEDCLI_TEST_PYTHON at
+/// configure time, overridable at run time by the environment variable of the same name).
+std::string python();
+
+/// Runs `python() -c script` with argv[1..] = args; fails the current test (with the
+/// script's output) if it exits non-zero. Returns its stdout+stderr.
+std::string run_python(const std::string& script, const std::vector<std::string>& args = {});
+
+/// Writes text to a file, replacing it.
+void write_file(const std::filesystem::path& path, const std::string& text);
+/// Reads a whole file.
+std::string read_file(const std::filesystem::path& path);
+
+}  // namespace fedcli::test
