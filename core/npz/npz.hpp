@@ -30,6 +30,7 @@
 #include <string>
 #include <string_view>
 #include <type_traits>
+#include <unordered_map>
 #include <vector>
 
 namespace fedcli::npz {
@@ -161,6 +162,7 @@ public:
 
 private:
     std::vector<Entry> m_entries;
+    std::unordered_map<std::string, std::size_t> m_index;  // name -> position
 };
 
 /// Classifies a list of keys; see KeyConvention.

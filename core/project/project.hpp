@@ -32,8 +32,12 @@ inline constexpr std::string_view k_project_file_names[] = {"fedcli.yaml", "fedn
                                                             "scaleout.yaml"};
 
 /// Entry point names fedcli runs, in the order a client uses them.
-inline constexpr std::string_view k_entry_point_names[] = {"build", "startup", "train",
-                                                           "validate", "predict"};
+inline constexpr std::string_view k_entry_point_names[] = {"build", "startup", "train", "validate",
+                                                           "predict"};
+
+/// FEDn split-learning entry points: accepted (and checked like the others) so FEDn projects
+/// load unchanged, but fedcli never runs them.
+inline constexpr std::string_view k_split_learning_entry_point_names[] = {"forward", "backward"};
 
 struct EntryPoint {
     std::string name;     ///< "train", ...
@@ -46,23 +50,31 @@ struct Project {
     std::filesystem::path file;       ///< the project file that was loaded (absolute)
     std::string name;                 ///< `name:`, or the folder name when absent
     std::optional<std::filesystem::path> python_env;  ///< `python_env:` as written
-    std::vector<EntryPoint> entry_points;             ///< in file order
+    int python_env_line = 0;  ///< 1-based line of `python_env:` (0 if unknown or absent)
+    /// In file order; includes `forward`/`backward` when present (see
+    /// k_split_learning_entry_point_names), which callers must not run.
+    std::vector<EntryPoint> entry_points;
 
     /// The entry point with this name, or nullptr.
     const EntryPoint* find(std::string_view entry_point) const;
 };
 
-/// Finds the project file in `directory` (see k_project_file_names). Throws fedcli::Error
+/// Finds the project file in `directory` (see k_project_file_names; the first that exists
+/// wins). Returns `directory / name` as given, not made absolute. Throws fedcli::Error
 /// naming the folder and the names tried when there is none, or when the folder is missing.
+/// `.yml` spellings are not accepted (FEDn does not read them either); when one is present
+/// the error says to rename it.
 std::filesystem::path find_project_file(const std::filesystem::path& directory);
 
-/// Loads and checks the project in `directory`. Throws fedcli::Error with file:line:column.
+/// Loads and checks the project in `directory`. Throws fedcli::Error with file:line:column,
+/// where file is the path as found under `directory` as given.
 Project load(const std::filesystem::path& directory);
 
 /// Loads and checks a project file; its folder is the project folder.
 Project load_file(const std::filesystem::path& file);
 
-/// Parses project file text; `file` names it in errors and sets Project::file/directory.
+/// Parses project file text; `file` names it in errors (as given) and sets
+/// Project::file/directory (made absolute; the file need not exist).
 Project parse(std::string_view text, const std::filesystem::path& file);
 
 /// Problems that do not stop the project from loading but stop it from working as a

@@ -1,0 +1,34 @@
+// The fedcli command line: the table of command groups, parsing, and the one place where
+// errors become output.
+//
+// run() parses the arguments (CLI11), answers --help/--version, runs the selected command
+// and turns every exception into "fedcli: error: <message>" on the error stream. Nothing
+// else in fedcli prints errors or exits. Exit codes:
+//   0  success (also --help, --version and `fedcli` alone, which prints the help)
+//   1  the command failed: fedcli::Error or another exception from a library, or problems
+//      a command found (e.g. `project validate`)
+//   2  the command line is wrong: unknown command or option (with "did you mean ..." when
+//      a known name is close), a missing argument, a group given without a command
+//
+// Thread-safety: run() keeps no global state; concurrent calls need distinct streams.
+#pragma once
+
+#include <ostream>
+#include <string>
+#include <vector>
+
+namespace fedcli::cli {
+
+inline constexpr int k_exit_success = 0;
+inline constexpr int k_exit_failure = 1;
+inline constexpr int k_exit_usage = 2;
+
+/// Runs fedcli on the process's command line (argv[0] is the program) with std::cout and
+/// std::cerr. Returns the exit code.
+int run(int argc, char** argv);
+
+/// Runs fedcli with `args` (without the program name), writing output to `out` and errors
+/// to `err`. Never throws; returns the exit code.
+int run(std::vector<std::string> args, std::ostream& out, std::ostream& err);
+
+}  // namespace fedcli::cli

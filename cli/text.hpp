@@ -1,0 +1,54 @@
+// Text helpers shared by the commands in cli/: aligned tables, human-readable sizes and
+// "did you mean" suggestions. Pure functions and plain values; no I/O beyond the stream a
+// caller hands in.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <ostream>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace fedcli::cli {
+
+/// 1023 -> "1023 B", 205512 -> "200.7 KiB", 3 << 30 -> "3.0 GiB" (binary units, one decimal).
+std::string human_bytes(std::uint64_t bytes);
+
+/// 1234567 -> "1,234,567".
+std::string group_digits(std::uint64_t value);
+
+/// Edit distance between two strings where insertions, deletions, substitutions and swaps
+/// of two neighbouring characters each cost 1 (so "modle" is 1 away from "model").
+std::size_t edit_distance(std::string_view from, std::string_view to);
+
+/// The candidate a user most likely meant when typing `typed`: the closest one by
+/// edit_distance() if it is close enough to be a plausible typo (at most 2 edits, or a
+/// third of the typed length for long names), else the only candidate that starts with
+/// `typed`. Ties go to the earlier candidate. nullopt when nothing is plausible.
+std::optional<std::string> closest_match(std::string_view typed,
+                                         std::span<const std::string> candidates);
+
+/// A table printed with every column padded to its widest cell, two spaces between
+/// columns and no trailing spaces.
+class Table {
+public:
+    enum class Align { left, right };
+
+    /// One column per header; `align` gives each column's alignment (left when absent).
+    explicit Table(std::vector<std::string> headers, std::vector<Align> align = {});
+
+    /// Adds a row; it must have as many cells as there are headers.
+    void add_row(std::vector<std::string> cells);
+
+    /// Writes the header line and the rows, each line prefixed by `indent`.
+    void print(std::ostream& out, std::string_view indent = "") const;
+
+private:
+    std::vector<std::string> m_headers;
+    std::vector<Align> m_align;
+    std::vector<std::vector<std::string>> m_rows;
+};
+
+}  // namespace fedcli::cli

@@ -1,0 +1,470 @@
+#include "core/project/project.hpp"
+
+#include <yaml-cpp/yaml.h>
+
+#include <algorithm>
+#include <cctype>
+#include <cerrno>
+#include <cstring>
+#include <fstream>
+#include <span>
+#include <sstream>
+#include <system_error>
+
+#include "core/error.hpp"
+
+namespace fedcli::project {
+namespace {
+
+namespace fs = std::filesystem;
+
+constexpr std::string_view k_top_level_keys[] = {"name", "python_env", "entry_points"};
+constexpr std::string_view k_entry_point_keys[] = {"command"};
+constexpr std::string_view k_utf8_byte_order_mark = "\xEF\xBB\xBF";
+
+std::string join(std::span<const std::string_view> words) {
+    std::string joined;
+    for (auto word : words) {
+        if (!joined.empty()) joined += ", ";
+        joined += word;
+    }
+    return joined;
+}
+
+std::string to_lower(std::string_view text) {
+    std::string lowered(text);
+    for (auto& c : lowered) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+    return lowered;
+}
+
+// Optimal string alignment distance: Levenshtein plus adjacent transpositions, so that
+// 'trian' is one edit from 'train' like a human would count it.
+std::size_t edit_distance(std::string_view a, std::string_view b) {
+    std::vector<std::vector<std::size_t>> d(a.size() + 1, std::vector<std::size_t>(b.size() + 1));
+    for (std::size_t i = 0; i <= a.size(); ++i) d[i][0] = i;
+    for (std::size_t j = 0; j <= b.size(); ++j) d[0][j] = j;
+    for (std::size_t i = 1; i <= a.size(); ++i) {
+        for (std::size_t j = 1; j <= b.size(); ++j) {
+            std::size_t cost = a[i - 1] == b[j - 1] ? 0 : 1;
+            d[i][j] = std::min({d[i - 1][j] + 1, d[i][j - 1] + 1, d[i - 1][j - 1] + cost});
+            if (i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1]) {
+                d[i][j] = std::min(d[i][j], d[i - 2][j - 2] + 1);
+            }
+        }
+    }
+    return d[a.size()][b.size()];
+}
+
+/// The candidate a typo most likely meant, or nothing when none is close.
+std::optional<std::string_view> closest(std::string_view typed,
+                                        std::span<const std::string_view> candidates) {
+    std::string typed_lower = to_lower(typed);
+    std::optional<std::string_view> best;
+    std::size_t best_distance = 0;
+    for (auto candidate : candidates) {
+        std::size_t distance = edit_distance(typed_lower, candidate);
+        // Longer names tolerate more slips; one edit is always allowed.
+        std::size_t allowed = std::max<std::size_t>(1, (candidate.size() + 1) / 3);
+        // A truncated name ('python' for 'python_env') is far in edits but obvious to a reader.
+        bool is_prefix = typed_lower.size() >= 4 && candidate.starts_with(typed_lower);
+        if (distance > allowed && !is_prefix) continue;
+        if (is_prefix) distance = std::min(distance, allowed);
+        if (!best || distance < best_distance) {
+            best = candidate;
+            best_distance = distance;
+        }
+    }
+    return best;
+}
+
+bool contains(std::span<const std::string_view> names, std::string_view name) {
+    return std::find(names.begin(), names.end(), name) != names.end();
+}
+
+std::string describe_kind(const YAML::Node& node) {
+    switch (node.Type()) {
+        case YAML::NodeType::Null:
+        case YAML::NodeType::Undefined:
+            return "nothing";
+        case YAML::NodeType::Scalar:
+            return "the text '" + node.Scalar() + "'";
+        case YAML::NodeType::Sequence:
+            return "a list";
+        case YAML::NodeType::Map:
+            return "a map";
+    }
+    return "something else";
+}
+
+/// Where a node came from, or nothing for nodes yaml-cpp gives no position.
+std::string location(const std::string& file_label, const YAML::Mark& mark) {
+    if (mark.is_null()) return file_label;
+    return file_label + ":" + std::to_string(mark.line + 1) + ":" + std::to_string(mark.column + 1);
+}
+
+// Turns yaml-cpp's terse parser messages into something a project author can act on.
+std::string hint_for_syntax_error(std::string_view text, const YAML::Exception& error) {
+    if (!error.mark.is_null() && error.mark.line >= 0) {
+        std::istringstream lines{std::string(text)};
+        std::string line;
+        for (int i = 0; i <= error.mark.line && std::getline(lines, line); ++i) {
+        }
+        std::size_t indent_end = line.find_first_not_of(" \t");
+        if (line.substr(0, indent_end).find('\t') != std::string::npos) {
+            return "YAML does not allow tabs for indentation; indent with spaces";
+        }
+    }
+    const std::string& message = error.msg;
+    if (message == "illegal map value") {
+        return "check the indentation, and quote values that contain ': '";
+    }
+    if (message == "end of map not found") return "check the indentation of this line";
+    if (message == "end of sequence flow not found") return "a '[' is not closed with ']'";
+    if (message == "end of map flow not found") return "a '{' is not closed with '}'";
+    if (message == "illegal EOF in scalar") return "a quoted text is not closed";
+    return "";
+}
+
+/// Checks and converts one parsed document; holds the file label used in every message.
+class Reader {
+  public:
+    Reader(std::string_view text, std::string file_label)
+        : m_text(text), m_file_label(std::move(file_label)) {
+        // yaml-cpp positions skip a byte order mark; the text we scan for quotes does not.
+        if (m_text.starts_with(k_utf8_byte_order_mark)) {
+            m_mark_offset = k_utf8_byte_order_mark.size();
+        }
+    }
+
+    [[noreturn]] void fail(const YAML::Mark& mark, const std::string& message) const {
+        throw Error(location(m_file_label, mark) + ": " + message);
+    }
+
+    // yaml-cpp 0.7 accepts a quoted scalar that is never closed when the file ends with a
+    // newline: it quietly swallows the rest of the file. Catch that for every scalar we use
+    // by scanning the source from the opening quote.
+    void check_quotes(const YAML::Node& node) const {
+        if (!node.IsScalar() || node.Tag() != "!" || node.Mark().is_null()) return;
+        std::size_t start = static_cast<std::size_t>(node.Mark().pos) + m_mark_offset;
+        if (start >= m_text.size()) return;
+        char quote = m_text[start];
+        if (quote != '"' && quote != '\'') return;
+        for (std::size_t i = start + 1; i < m_text.size(); ++i) {
+            char c = m_text[i];
+            if (quote == '"' && c == '\\') {
+                ++i;
+            } else if (c == quote) {
+                // In single quotes, '' is an escaped quote, not the end.
+                if (quote == '\'' && i + 1 < m_text.size() && m_text[i + 1] == '\'') {
+                    ++i;
+                    continue;
+                }
+                return;
+            }
+        }
+        fail(node.Mark(), std::string("quoted text is never closed: add the closing ") + quote +
+                              " (everything after it to the end of the file was read as text)");
+    }
+
+    /// The map's entries after rejecting non-text and duplicate keys.
+    std::vector<std::pair<YAML::Node, YAML::Node>> entries(const YAML::Node& map) const {
+        std::vector<std::pair<YAML::Node, YAML::Node>> result;
+        for (auto it = map.begin(); it != map.end(); ++it) {
+            // Copies: yaml-cpp's iterator hands out a temporary pair.
+            YAML::Node key = it->first;
+            YAML::Node value = it->second;
+            check_quotes(key);
+            if (!key.IsScalar()) {
+                fail(key.Mark(), "keys must be names, found " + describe_kind(key));
+            }
+            // yaml-cpp keeps both entries of a duplicated key but lookups see only one, so a
+            // second definition would silently win or lose.
+            for (const auto& entry : result) {
+                const YAML::Node& earlier = entry.first;
+                if (earlier.Scalar() == key.Scalar()) {
+                    fail(key.Mark(), "duplicate key '" + key.Scalar() + "' (first at line " +
+                                         std::to_string(earlier.Mark().line + 1) +
+                                         "); remove one of them");
+                }
+            }
+            result.emplace_back(key, value);
+        }
+        return result;
+    }
+
+    /// "unknown <what> '<key>'<where>; did you mean ...? (known: ...)".
+    [[noreturn]] void fail_unknown(const YAML::Node& key, const std::string& what,
+                                   const std::string& where,
+                                   std::span<const std::string_view> known,
+                                   std::span<const std::string_view> also_accepted = {}) const {
+        std::vector<std::string_view> candidates(known.begin(), known.end());
+        candidates.insert(candidates.end(), also_accepted.begin(), also_accepted.end());
+        std::string message = "unknown " + what + " '" + key.Scalar() + "'" + where;
+        if (auto suggestion = closest(key.Scalar(), candidates)) {
+            message += "; did you mean '" + std::string(*suggestion) + "'?";
+        }
+        message += " (known: " + join(known) + ")";
+        fail(key.Mark(), message);
+    }
+
+    /// A non-empty text value; `what` names it in messages ("'name'").
+    std::string text_value(const YAML::Node& key, const YAML::Node& value, const std::string& what,
+                           const std::string& fix) const {
+        check_quotes(value);
+        if (value.IsNull()) {
+            // An empty value has no position of its own (yaml-cpp gives the next token's).
+            fail(key.Mark(), what + " is empty; " + fix);
+        }
+        if (!value.IsScalar()) {
+            fail(value.Mark(), what + " must be text, found " + describe_kind(value) +
+                                   "; quote it if it starts with '{' or '['");
+        }
+        const std::string& text = value.Scalar();
+        if (text.find_first_not_of(" \t\r\n") == std::string::npos) {
+            fail(value.Mark(), what + " is empty; " + fix);
+        }
+        return text;
+    }
+
+    EntryPoint entry_point(const YAML::Node& key, const YAML::Node& value) const {
+        const std::string& name = key.Scalar();
+        const std::string example = "'" + name + ": {command: <program and arguments>}'";
+        check_quotes(value);
+        if (value.IsNull()) {
+            fail(key.Mark(),
+                 "entry point '" + name + "' is empty; give it a command, e.g. " + example);
+        }
+        if (!value.IsMap()) {
+            std::string fix = value.IsScalar()
+                                  ? "write it as '" + name + ": {command: " + value.Scalar() + "}'"
+                                  : "write it as " + example;
+            fail(value.Mark(), "entry point '" + name + "' must be a map with a 'command' key, " +
+                                   "found " + describe_kind(value) + "; " + fix);
+        }
+        EntryPoint result;
+        result.name = name;
+        result.line = key.Mark().line + 1;
+        bool has_command = false;
+        for (const auto& [entry_key, entry_value] : entries(value)) {
+            if (entry_key.Scalar() != "command") {
+                fail_unknown(entry_key, "key", " in entry point '" + name + "'",
+                             k_entry_point_keys);
+            }
+            result.command = text_value(
+                entry_key, entry_value, "'command' of entry point '" + name + "'",
+                "give the program and its arguments, e.g. 'command: python3 " + name + ".py'");
+            has_command = true;
+        }
+        if (!has_command) {
+            fail(value.Mark(), "entry point '" + name + "' has no 'command'; add 'command: " +
+                                   "<program and arguments>' under it");
+        }
+        return result;
+    }
+
+    void entry_points(const YAML::Node& key, const YAML::Node& value, Project& project) const {
+        check_quotes(value);
+        if (value.IsNull()) {
+            fail(key.Mark(),
+                 "'entry_points' is empty; add at least 'train: {command: ...}' "
+                 "under it, or remove the line");
+        }
+        if (!value.IsMap()) {
+            fail(value.Mark(),
+                 "'entry_points' must be a map from entry point names to "
+                 "'{command: ...}', found " +
+                     describe_kind(value));
+        }
+        for (const auto& [name, entry] : entries(value)) {
+            const std::string& text = name.Scalar();
+            if (!contains(k_entry_point_names, text) &&
+                !contains(k_split_learning_entry_point_names, text)) {
+                if (contains(k_top_level_keys, text)) {
+                    fail(name.Mark(), "'" + text +
+                                          "' is not an entry point; it belongs at the top "
+                                          "level: remove its indentation");
+                }
+                if (contains(k_entry_point_keys, text)) {
+                    fail(name.Mark(), "'" + text +
+                                          "' must be inside an entry point, e.g. 'train: "
+                                          "{command: ...}'");
+                }
+                fail_unknown(name, "entry point", "", k_entry_point_names,
+                             k_split_learning_entry_point_names);
+            }
+            project.entry_points.push_back(entry_point(name, entry));
+        }
+    }
+
+    void top_level(const YAML::Node& root, Project& project) const {
+        for (const auto& [key, value] : entries(root)) {
+            const std::string& text = key.Scalar();
+            if (text == "name") {
+                project.name = text_value(key, value, "'name'",
+                                          "give the project a name or remove the line "
+                                          "(the folder name is the default)");
+            } else if (text == "python_env") {
+                project.python_env =
+                    text_value(key, value, "'python_env'",
+                               "give the path of a python_env.yaml file or remove the line");
+                project.python_env_line = key.Mark().line + 1;
+            } else if (text == "entry_points") {
+                entry_points(key, value, project);
+            } else if (contains(k_entry_point_names, text) ||
+                       contains(k_split_learning_entry_point_names, text)) {
+                fail(key.Mark(), "unknown key '" + text +
+                                     "'; entry points go under 'entry_points:' (indent it "
+                                     "below an 'entry_points:' line)");
+            } else {
+                fail_unknown(key, "key", "", k_top_level_keys);
+            }
+        }
+    }
+
+    std::string syntax_error(const YAML::Exception& error) const {
+        std::string message = location(m_file_label, error.mark) + ": invalid YAML: " + error.msg;
+        std::string hint = hint_for_syntax_error(m_text, error);
+        if (!hint.empty()) message += "; " + hint;
+        return message;
+    }
+
+    const std::string& file_label() const { return m_file_label; }
+
+  private:
+    std::string_view m_text;
+    std::string m_file_label;
+    std::size_t m_mark_offset = 0;
+};
+
+fs::path absolute_normal(const fs::path& path) {
+    std::error_code error;
+    fs::path absolute = fs::absolute(path, error);
+    if (error) absolute = path;
+    return absolute.lexically_normal();
+}
+
+}  // namespace
+
+const EntryPoint* Project::find(std::string_view entry_point) const {
+    for (const auto& candidate : entry_points) {
+        if (candidate.name == entry_point) return &candidate;
+    }
+    return nullptr;
+}
+
+fs::path find_project_file(const fs::path& directory) {
+    std::error_code error;
+    auto status = fs::status(directory, error);
+    if (!fs::exists(status)) {
+        throw Error("project folder '" + directory.string() + "' does not exist");
+    }
+    if (!fs::is_directory(status)) {
+        throw Error("'" + directory.string() +
+                    "' is not a folder; give the project folder (the one holding the project "
+                    "file)");
+    }
+    for (auto name : k_project_file_names) {
+        fs::path candidate = directory / name;
+        if (fs::is_regular_file(candidate, error)) return candidate;
+    }
+    std::string message =
+        "no project file in '" + directory.string() + "': looked for " + join(k_project_file_names);
+    for (auto name : k_project_file_names) {
+        fs::path yml = directory / fs::path(name).replace_extension(".yml");
+        if (fs::exists(yml, error)) {
+            throw Error(message + "; found '" + yml.filename().string() + "': rename it to '" +
+                        std::string(name) + "'");
+        }
+    }
+    throw Error(message + "; create fedcli.yaml (e.g. with 'fedcli project init')");
+}
+
+Project load(const fs::path& directory) {
+    return load_file(find_project_file(directory));
+}
+
+Project load_file(const fs::path& file) {
+    std::error_code error;
+    if (fs::is_directory(file, error)) {
+        throw Error("'" + file.string() + "' is a folder, not a project file");
+    }
+    std::ifstream in(file, std::ios::binary);
+    if (!in) {
+        throw Error("cannot read project file '" + file.string() + "': " + std::strerror(errno));
+    }
+    std::ostringstream text;
+    text << in.rdbuf();
+    if (in.bad()) {
+        throw Error("cannot read project file '" + file.string() + "': " + std::strerror(errno));
+    }
+    return parse(text.str(), file);
+}
+
+Project parse(std::string_view text, const fs::path& file) {
+    Reader reader(text, file.string());
+
+    std::vector<YAML::Node> documents;
+    try {
+        documents = YAML::LoadAll(std::string(text));
+    } catch (const YAML::Exception& error) {
+        throw Error(reader.syntax_error(error));
+    }
+
+    Project project;
+    project.file = absolute_normal(file);
+    project.directory = project.file.parent_path();
+    project.name = project.directory.filename().string();
+
+    if (documents.empty() || (documents.size() == 1 && documents[0].IsNull())) {
+        throw Error(reader.file_label() +
+                    ": the project file is empty; it needs at least 'entry_points:' with "
+                    "'train: {command: ...}' under it");
+    }
+    const YAML::Node& root = documents[0];
+    reader.check_quotes(root);
+    if (documents.size() > 1) {
+        reader.fail(documents[1].Mark(),
+                    "a second YAML document starts here; a project file holds one document: "
+                    "remove the '---' line and merge or delete what follows");
+    }
+    if (!root.IsMap()) {
+        reader.fail(root.Mark(), "a project file must be a map with the keys " +
+                                     join(k_top_level_keys) + ", found " + describe_kind(root));
+    }
+    try {
+        reader.top_level(root, project);
+    } catch (const YAML::Exception& error) {
+        // Every node's kind is checked before it is read, so this is a safety net only.
+        throw Error(reader.syntax_error(error));
+    }
+    return project;
+}
+
+std::vector<std::string> check_for_client(const Project& project) {
+    std::vector<std::string> problems;
+    const std::string file = project.file.string();
+    if (!project.find("train")) {
+        problems.push_back(file +
+                           ": no 'train' entry point; a client needs one: add entry_points: "
+                           "train: command: ...");
+    }
+    if (project.python_env) {
+        fs::path resolved = (project.directory / *project.python_env).lexically_normal();
+        std::string where = project.python_env_line > 0
+                                ? file + ":" + std::to_string(project.python_env_line)
+                                : file;
+        std::error_code error;
+        auto status = fs::status(resolved, error);
+        if (!fs::exists(status)) {
+            problems.push_back(where + ": python_env '" + project.python_env->string() +
+                               "' does not exist (looked for " + resolved.string() +
+                               "); create it or remove the python_env line");
+        } else if (fs::is_directory(status)) {
+            problems.push_back(where + ": python_env '" + project.python_env->string() +
+                               "' is a folder; it must name a python_env.yaml file");
+        }
+    }
+    return problems;
+}
+
+}  // namespace fedcli::project
