@@ -612,7 +612,7 @@ std::string header_dict(const std::string& descr, const std::string& shape,
 TEST_CASE("parse_npy_header accepts numpy's variants and rejects malformed headers",
           "[npz]") {
     // What np.load accepts: any key order, no trailing comma, extra spaces.
-    for (const std::string dict :
+    for (const std::string& dict :
          {std::string("{'shape': (3, 2), 'fortran_order': True, 'descr': '>i4'}"),
           std::string("{'descr': '>i4', 'fortran_order': True, 'shape': (3, 2)}"),
           std::string("{'descr':'>i4','fortran_order':True,'shape':(3,2),}")}) {
@@ -669,7 +669,7 @@ TEST_CASE("parse_npy_header accepts numpy's variants and rejects malformed heade
         check_error_naming(outcome, {"layer3.npy"});
     }
     // npy_header_size on prefixes that cannot be a header.
-    for (const std::string prefix : {std::string("\x93NUMPZ\x01\x00\x76\x00\x00\x00", 12),
+    for (const std::string& prefix : {std::string("\x93NUMPZ\x01\x00\x76\x00\x00\x00", 12),
                                      std::string("\x93NUMPY\x09\x00\x76\x00\x00\x00", 12),
                                      std::string("\x93NU", 4)}) {
         auto outcome = outcome_of([&] { npy_header_size(as_bytes(prefix), "layer4.npy"); });
@@ -716,7 +716,7 @@ for name, a, version in cases:
         a.flags.f_contiguous and not a.flags.c_contiguous)
     # What fedcli's writer must produce for the same values: np.save of the C-order
     # little-endian copy.
-    np.save(path(name + '.canonical.npy'), a.astype(a.dtype.newbyteorder('<'), order='C'))
+    np.save(path(file + '.canonical.npy'), a.astype(a.dtype.newbyteorder('<'), order='C'))
     ref('CASE', file, '-', a)
     emit('LAYOUT', file, int(a.ndim > 1 and a.flags.f_contiguous and not a.flags.c_contiguous),
          int(a.dtype.byteorder == '>'), (version or (1, 0))[0])
@@ -733,7 +733,7 @@ np.save(path('fortran_empty.npy.canonical.npy'), np.zeros((3, 0), '<f4'))
 
     auto cases = records(output, "CASE");
     auto layouts = records(output, "LAYOUT");
-    REQUIRE(cases.size() == 35);
+    REQUIRE(cases.size() == 36);
     REQUIRE(layouts.size() == cases.size());
     std::filesystem::create_directory(dir / "ours");
     for (std::size_t i = 0; i < cases.size(); ++i) {
@@ -804,7 +804,7 @@ emit('SIZE', 'versions.npz', os.path.getsize(path('versions.npz')))
 
     auto refs = records(output, "REF");
     auto facts = records(output, "MEMBER");
-    REQUIRE(refs.size() == 2 * 30 + 3);
+    REQUIRE(refs.size() == 2 * 27 + 3);
     REQUIRE(facts.size() == refs.size());
     std::map<std::string, std::uint64_t> sizes;
     for (const auto& row : records(output, "SIZE")) sizes[row[0]] = std::stoull(row[1]);
@@ -848,8 +848,11 @@ emit('SIZE', 'versions.npz', os.path.getsize(path('versions.npz')))
         }
         CHECK_FALSE(reader.find("no.such.key").has_value());
 
-        for (const ParameterSet& parameters : {read_npz(dir / file), read_parameters(dir / file),
-                                               reader.read_all()}) {
+        std::vector<ParameterSet> loaded;
+        loaded.push_back(read_npz(dir / file));
+        loaded.push_back(read_parameters(dir / file));
+        loaded.push_back(reader.read_all());
+        for (const ParameterSet& parameters : loaded) {
             REQUIRE(parameters.size() == file_refs.size());
             CHECK(parameters.key_convention() == KeyConvention::named);
             for (std::size_t i = 0; i < file_refs.size(); ++i) {
@@ -1069,7 +1072,7 @@ for e in entries:
     a = np.load(file)
     check(a, e, file)
     raw = open(file, 'rb').read()
-    assert raw == npy_bytes(np.ascontiguousarray(a) if a.ndim else a), (file, 'differs from np.save')
+    assert raw == npy_bytes(a), (file, 'differs from np.save')
     assert raw[6:8] == b'\x01\x00', (file, 'not NPY 1.0')
 
 with np.load(path('numbered.npz')) as z:
@@ -1131,8 +1134,9 @@ TEST_CASE("write then read round trip with random data", "[npz]") {
     std::mt19937_64 random(7);
     ParameterSet parameters;
     for (DType dtype : k_all_dtypes) {
+        int index = 0;
         for (const Shape& shape : {Shape{}, Shape{0}, Shape{5, 0, 2}, Shape{13}, Shape{3, 4, 5}}) {
-            parameters.add(std::string(dtype_name(dtype)) + "/" + shape_text(shape),
+            parameters.add(std::string(dtype_name(dtype)) + "." + std::to_string(index++),
                            random_array(dtype, shape, random));
         }
     }
@@ -1303,9 +1307,25 @@ def member(data, **fields):
 raw_zip('control_stored.npz', [dict(name='fc.bias.npy', data=healthy), member(good)])
 raw_zip('control_deflate.npz', [member(deflate(good), method=8, crc=zlib.crc32(good),
                                        usize=len(good))])
-for file in ['control_stored.npz', 'control_deflate.npz']:
+# A streaming writer: sizes and CRC in data descriptors after the data (flag bit 3).
+class Unseekable(io.RawIOBase):
+    def __init__(self, f):
+        self.f = f
+    def writable(self):
+        return True
+    def write(self, b):
+        return self.f.write(b)
+    def seekable(self):
+        return False
+with open(path('streamed.npz'), 'wb') as raw:
+    with zipfile.ZipFile(Unseekable(raw), 'w', zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr('fc.bias.npy', healthy)
+        zf.writestr(culprit + '.npy', good)
+assert open(path('streamed.npz'), 'rb').read()[6] & 0x08, 'no data descriptor'
+for file in ['control_stored.npz', 'control_deflate.npz', 'streamed.npz']:
     assert np.load(path(file))[culprit].tobytes() == good_array.tobytes()
     fine(file)
+    ref('REF', file, culprit, good_array)
 
 # Truncated numpy files, cut at several points.
 np.savez(path('base.npz'), **{culprit: sample('<f8', (16, 16), rng), 'fc.bias': sample('<f8', (16,), rng)})
@@ -1332,8 +1352,6 @@ bad('random_bytes.npz', '')
 with open(path('central_outside.npz'), 'wb') as f:
     f.write(data[:-6] + struct.pack('<I', len(data) + 1000) + data[-2:])
 bad('central_outside.npz', '')
-raw_zip('eocd_count_lies.npz', [member(good)], eocd_count=5)
-bad('eocd_count_lies.npz', '')
 
 # Members that are not (valid) NPY.
 raw_zip('bad_magic.npz', [dict(name='fc.bias.npy', data=healthy), member(b'\x93NUMPZ' + good[6:])])
@@ -1462,7 +1480,7 @@ for file in ['npy_empty.npy', 'npy_truncated.npy', 'npy_header_cut.npy', 'npy_ba
     auto good_files = records(output, "GOOD");
     auto bad_files = records(output, "BAD");
     auto bad_npy = records(output, "BADNPY");
-    REQUIRE(good_files.size() == 6);
+    REQUIRE(good_files.size() == 7);
     REQUIRE(bad_files.size() == 49);
     REQUIRE(bad_npy.size() == 10);
 
@@ -1474,6 +1492,13 @@ for file in ['npy_empty.npy', 'npy_truncated.npy', 'npy_header_cut.npy', 'npy_ba
     for (const auto& row : good_files) {
         INFO("good file " << row[0] << " limit " << row[1]);
         CHECK_NOTHROW(read_everything(dir / row[0], options_for(row[1])));
+    }
+    for (const auto& row : records(output, "REF")) {
+        INFO("good file " << row[0]);
+        Reader reader(dir / row[0]);
+        auto index = reader.find(row[1]);
+        REQUIRE(index);
+        check_against_reference(reader.read(*index), row, dir);
     }
     for (const auto& row : bad_files) {
         const auto& file = row[0];
