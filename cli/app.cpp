@@ -139,7 +139,7 @@ void print_usage_error(std::ostream& err, const std::string& message, const std:
 /// Builds the command tree: the root app with --help, --version and every group.
 std::unique_ptr<CLI::App> make_app(Dispatch& dispatch) {
     auto app = std::make_unique<CLI::App>(std::string(k_description), std::string(k_program));
-    app->set_version_flag("--version", std::string(k_program) + " " + FEDCLI_VERSION,
+    app->set_version_flag("--version", std::string(k_program) + " " + std::string(version()),
                           "Print the version and exit");
     app->set_help_flag("-h,--help", "Print this help and exit");
     app->get_formatter()->label("SUBCOMMAND", "COMMAND");
@@ -177,6 +177,8 @@ CLI::App& add_group(CLI::App& parent, std::string_view name, std::string_view de
     }
     return *group;
 }
+
+std::string_view version() { return FEDCLI_VERSION; }
 
 int run(int argc, char** argv) {
     std::vector<std::string> args;

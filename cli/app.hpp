@@ -15,6 +15,7 @@
 
 #include <ostream>
 #include <string>
+#include <string_view>
 #include <vector>
 
 namespace fedcli::cli {
@@ -22,6 +23,9 @@ namespace fedcli::cli {
 inline constexpr int k_exit_success = 0;
 inline constexpr int k_exit_failure = 1;
 inline constexpr int k_exit_usage = 2;
+
+/// fedcli's version, e.g. "0.1.0" (what `fedcli --version` prints after "fedcli ").
+std::string_view version();
 
 /// Runs fedcli on the process's command line (argv[0] is the program) with std::cout and
 /// std::cerr. Returns the exit code.

@@ -182,7 +182,7 @@ std::string inspect_report_json(const InspectReport& report) {
     }
     json["total_parameters"] = report.total_parameters;
     json["total_bytes"] = report.total_bytes;
-    return json.dump(2, ' ', false, nlohmann::ordered_json::error_handler_t::replace);
+    return json.dump(-1, ' ', false, nlohmann::ordered_json::error_handler_t::replace);
 }
 
 int model_inspect(const ModelInspectOptions& options, std::ostream& out) {

@@ -51,7 +51,7 @@ InspectReport inspect_parameter_file(const std::filesystem::path& file);
 /// totals, with sizes both human-readable and exact.
 void print_inspect_report(const InspectReport& report, std::ostream& out);
 
-/// The machine-readable form, one JSON object (keys in this order):
+/// The machine-readable form: one JSON object on one line, keys in this order:
 ///   {
 ///     "file": "model.npz",            // the path as given
 ///     "sha256": "<64 hex digits>",    // of the whole file

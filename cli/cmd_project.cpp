@@ -53,7 +53,7 @@ std::string project_json(const project::Project& project,
     }
     json["problems"] = problems;
     json["ok"] = problems.empty();
-    return json.dump(2, ' ', false, nlohmann::ordered_json::error_handler_t::replace);
+    return json.dump(-1, ' ', false, nlohmann::ordered_json::error_handler_t::replace);
 }
 
 int project_validate(const ProjectValidateOptions& options, std::ostream& out) {

@@ -22,7 +22,7 @@ struct ProjectValidateOptions {
 /// entry points with their commands.
 void print_project_summary(const project::Project& project, std::ostream& out);
 
-/// The machine-readable form, one JSON object (keys in this order):
+/// The machine-readable form: one JSON object on one line, keys in this order:
 ///   {
 ///     "file": "/abs/fedcli.yaml",        // the project file that was loaded
 ///     "directory": "/abs",               // the project folder

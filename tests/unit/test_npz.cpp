@@ -663,9 +663,10 @@ TEST_CASE("parse_npy_header accepts numpy's variants and rejects malformed heade
         {"prefix only", good.substr(0, 10)},
         {"nothing", ""},
     };
-    for (const auto& [label, bytes] : bad) {
-        INFO(label);
-        auto outcome = outcome_of([&] { parse_npy_header(as_bytes(bytes), "layer3.npy"); });
+    for (const Bad& case_ : bad) {
+        INFO(case_.label);
+        auto outcome =
+            outcome_of([&] { parse_npy_header(as_bytes(case_.bytes), "layer3.npy"); });
         check_error_naming(outcome, {"layer3.npy"});
     }
     // npy_header_size on prefixes that cannot be a header.
