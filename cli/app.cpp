@@ -106,9 +106,9 @@ const CLI::App& selected_command(const CLI::App& root) {
     return *current;
 }
 
-/// Rewrites CLI11's "The following argument was not expected: --jsn" for the command it
-/// concerns, suggesting a close option or command name.
-std::string describe_extras(const CLI::App& root) {
+/// Rewrites CLI11's "The following argument was not expected: --jsn" to name the command
+/// it concerns and suggest a close option; `fallback` when the extras cannot be found.
+std::string describe_extras(const CLI::App& root, const std::string& fallback) {
     const CLI::App* current = &root;
     std::vector<std::string> extras;
     while (true) {
@@ -116,7 +116,7 @@ std::string describe_extras(const CLI::App& root) {
         if (!extras.empty() || current->get_subcommands().empty()) break;
         current = current->get_subcommands().front();
     }
-    if (extras.empty()) return {};
+    if (extras.empty()) return fallback;
     const std::string& first = extras.front();
     const bool is_option = first.size() > 1 && first[0] == '-';
     std::string message = (is_option ? "unknown option '" : "unexpected argument '") + first + "'";
@@ -143,7 +143,7 @@ std::unique_ptr<CLI::App> make_app(Dispatch& dispatch) {
                           "Print the version and exit");
     app->set_help_flag("-h,--help", "Print this help and exit");
     app->get_formatter()->label("SUBCOMMAND", "COMMAND");
-    app->group("Commands");       // inherited by every group and command
+    app->group("Commands");         // inherited by every group and command
     app->require_subcommand(0, 1);  // one command per invocation, inherited too
     for (RegisterGroup register_group : k_groups) register_group(*app, dispatch);
     app->footer("Run 'fedcli <command> --help' for the commands of a group.");
@@ -178,7 +178,9 @@ CLI::App& add_group(CLI::App& parent, std::string_view name, std::string_view de
     return *group;
 }
 
-std::string_view version() { return FEDCLI_VERSION; }
+std::string_view version() {
+    return FEDCLI_VERSION;
+}
 
 int run(int argc, char** argv) {
     std::vector<std::string> args;
@@ -199,9 +201,9 @@ int run(std::vector<std::string> args, std::ostream& out, std::ostream& err) {
             exit_code = app->exit(success, out, err);
             out.flush();
             return exit_code;
-        } catch (const CLI::ExtrasError&) {
+        } catch (const CLI::ExtrasError& error) {
             const CLI::App& command = selected_command(*app);
-            print_usage_error(err, describe_extras(*app), command_path(command));
+            print_usage_error(err, describe_extras(*app, error.what()), command_path(command));
             return k_exit_usage;
         } catch (const CLI::ParseError& error) {
             print_usage_error(err, error.what(), command_path(selected_command(*app)));
@@ -216,8 +218,9 @@ int run(std::vector<std::string> args, std::ostream& out, std::ostream& err) {
                 return k_exit_success;
             }
             err << app->help() << '\n'
-                << k_program << ": error: '" << command_path(group) << "' needs a command: "
-                << CLI::detail::join(subcommand_names(group), ", ") << '\n';
+                << k_program << ": error: '" << command_path(group)
+                << "' needs a command: " << CLI::detail::join(subcommand_names(group), ", ")
+                << '\n';
             return k_exit_usage;
         }
         exit_code = dispatch.selected();

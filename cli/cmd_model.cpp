@@ -118,8 +118,7 @@ Action setup_inspect(CLI::App& command, const Streams& streams) {
 }  // namespace
 
 InspectReport inspect_parameter_file(const std::filesystem::path& file) {
-    InspectReport report =
-        file.extension() == ".npy" ? inspect_npy(file) : inspect_npz(file);
+    InspectReport report = file.extension() == ".npy" ? inspect_npy(file) : inspect_npz(file);
     add_totals(report);
     return report;
 }
@@ -136,8 +135,7 @@ void print_inspect_report(const InspectReport& report, std::ostream& out) {
 
     std::vector<std::string> headers = {"name", "dtype", "shape", "parameters", "bytes"};
     using Align = Table::Align;
-    std::vector<Align> align = {Align::left, Align::left, Align::left, Align::right,
-                                Align::right};
+    std::vector<Align> align = {Align::left, Align::left, Align::left, Align::right, Align::right};
     if (is_npz) {
         headers.push_back("storage");
         align.push_back(Align::left);
@@ -160,8 +158,7 @@ void print_inspect_report(const InspectReport& report, std::ostream& out) {
         << plural(report.total_parameters, "parameter") << ", "
         << exact_and_human(report.total_bytes) << '\n'
         << "verified        "
-        << (is_npz ? "every member read back, CRC-32 checked" : "array read back in full")
-        << '\n';
+        << (is_npz ? "every member read back, CRC-32 checked" : "array read back in full") << '\n';
 }
 
 std::string inspect_report_json(const InspectReport& report) {

@@ -2,11 +2,11 @@
 #include "cli/cmd_project.hpp"
 
 #include <CLI/CLI.hpp>
+#include <algorithm>
 #include <memory>
 #include <nlohmann/json.hpp>
 
 #include "cli/commands.hpp"
-#include "cli/text.hpp"
 
 namespace fedcli::cli {
 
@@ -30,12 +30,16 @@ void print_project_summary(const project::Project& project, std::ostream& out) {
         << "python_env    " << (project.python_env ? project.python_env->string() : "(none)")
         << '\n'
         << "entry points  " << project.entry_points.size() << '\n';
-    if (project.entry_points.empty()) return;
-    Table table({"  name", "command"});
+    // Commands line up with the values above unless an entry point's name is too long.
+    std::size_t name_width = 10;
     for (const auto& entry_point : project.entry_points) {
-        table.add_row({"  " + entry_point.name, entry_point.command});
+        name_width = std::max(name_width, entry_point.name.size());
     }
-    table.print(out);
+    for (const auto& entry_point : project.entry_points) {
+        out << "  " << entry_point.name
+            << std::string(name_width - entry_point.name.size() + 2, ' ') << entry_point.command
+            << '\n';
+    }
 }
 
 std::string project_json(const project::Project& project,
@@ -48,8 +52,9 @@ std::string project_json(const project::Project& project,
                                             : nlohmann::ordered_json(nullptr);
     json["entry_points"] = nlohmann::ordered_json::array();
     for (const auto& entry_point : project.entry_points) {
-        json["entry_points"].push_back(
-            {{"name", entry_point.name}, {"command", entry_point.command}, {"line", entry_point.line}});
+        json["entry_points"].push_back({{"name", entry_point.name},
+                                        {"command", entry_point.command},
+                                        {"line", entry_point.line}});
     }
     json["problems"] = problems;
     json["ok"] = problems.empty();
@@ -71,8 +76,7 @@ int project_validate(const ProjectValidateOptions& options, std::ostream& out) {
 
 void register_project_commands(CLI::App& app, Dispatch& dispatch) {
     static constexpr CommandSpec k_commands[] = {
-        {"validate", "Check a project folder's project file and summarise it",
-         setup_validate},
+        {"validate", "Check a project folder's project file and summarise it", setup_validate},
     };
     add_group(app, "project", "Work with project folders and their project file", k_commands,
               dispatch);

@@ -67,24 +67,24 @@ void register_project_commands(CLI::App& app, Dispatch& dispatch);
 /// A failure made of several independent problems (e.g. everything `project validate`
 /// found wrong). what() joins them with "; "; run() prints each on its own error line.
 class Problems : public fedcli::Error {
-public:
+  public:
     explicit Problems(std::vector<std::string> problems);
     const std::vector<std::string>& problems() const { return m_problems; }
 
-private:
+  private:
     std::vector<std::string> m_problems;
 };
 
 /// The command line asks for something that cannot work. run() prints the message, a hint
 /// to run `<command> --help`, and exits with code 2.
 class UsageError : public fedcli::Error {
-public:
+  public:
     /// `command` is the command the hint points at, e.g. "fedcli model inspect".
     UsageError(const std::string& message, std::string command)
         : fedcli::Error(message), m_command(std::move(command)) {}
     const std::string& command() const { return m_command; }
 
-private:
+  private:
     std::string m_command;
 };
 

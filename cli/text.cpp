@@ -43,8 +43,8 @@ std::size_t edit_distance(std::string_view from, std::string_view to) {
         current[0] = i;
         for (std::size_t j = 1; j <= to.size(); ++j) {
             std::size_t substitution = from[i - 1] == to[j - 1] ? 0 : 1;
-            current[j] = std::min(
-                {previous[j] + 1, current[j - 1] + 1, previous[j - 1] + substitution});
+            current[j] =
+                std::min({previous[j] + 1, current[j - 1] + 1, previous[j - 1] + substitution});
             if (i > 1 && j > 1 && from[i - 1] == to[j - 2] && from[i - 2] == to[j - 1]) {
                 current[j] = std::min(current[j], before[j - 2] + 1);
             }
@@ -89,8 +89,8 @@ Table::Table(std::vector<std::string> headers, std::vector<Align> align)
 
 void Table::add_row(std::vector<std::string> cells) {
     if (cells.size() != m_headers.size()) {
-        throw std::logic_error("Table::add_row: " + std::to_string(cells.size()) +
-                               " cells for " + std::to_string(m_headers.size()) + " columns");
+        throw std::logic_error("Table::add_row: " + std::to_string(cells.size()) + " cells for " +
+                               std::to_string(m_headers.size()) + " columns");
     }
     m_rows.push_back(std::move(cells));
 }
@@ -99,7 +99,8 @@ void Table::print(std::ostream& out, std::string_view indent) const {
     std::vector<std::size_t> widths(m_headers.size());
     for (std::size_t column = 0; column < m_headers.size(); ++column) {
         widths[column] = m_headers[column].size();
-        for (const auto& row : m_rows) widths[column] = std::max(widths[column], row[column].size());
+        for (const auto& row : m_rows)
+            widths[column] = std::max(widths[column], row[column].size());
     }
     auto print_line = [&](const std::vector<std::string>& cells) {
         std::string line(indent);

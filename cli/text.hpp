@@ -33,7 +33,7 @@ std::optional<std::string> closest_match(std::string_view typed,
 /// A table printed with every column padded to its widest cell, two spaces between
 /// columns and no trailing spaces.
 class Table {
-public:
+  public:
     enum class Align { left, right };
 
     /// One column per header; `align` gives each column's alignment (left when absent).
@@ -45,7 +45,7 @@ public:
     /// Writes the header line and the rows, each line prefixed by `indent`.
     void print(std::ostream& out, std::string_view indent = "") const;
 
-private:
+  private:
     std::vector<std::string> m_headers;
     std::vector<Align> m_align;
     std::vector<std::vector<std::string>> m_rows;

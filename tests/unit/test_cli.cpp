@@ -62,7 +62,7 @@ void write_project(const std::filesystem::path& folder, const std::string& yaml)
 
 }  // namespace
 
-TEST_CASE("--version prints the program name and version", "[cli]") {
+TEST_CASE("fedcli --version prints the program name and version", "[cli]") {
     auto result = run_cli({"--version"});
     CHECK(result.exit_code == 0);
     CHECK(result.out == "fedcli " + std::string(fedcli::cli::version()) + "\n");
@@ -70,7 +70,7 @@ TEST_CASE("--version prints the program name and version", "[cli]") {
     CHECK(result.err.empty());
 }
 
-TEST_CASE("--help lists the command groups with descriptions", "[cli]") {
+TEST_CASE("fedcli --help lists the command groups with descriptions", "[cli]") {
     auto result = run_cli({"--help"});
     CHECK(result.exit_code == 0);
     CHECK(contains(result.out, "Usage: fedcli"));
@@ -108,7 +108,8 @@ TEST_CASE("an unknown command gets a suggestion and exit code 2", "[cli]") {
     SECTION("top level") {
         auto result = run_cli({"modle", "inspect", "x.npz"});
         CHECK(result.exit_code == 2);
-        CHECK(contains(result.err, "fedcli: error: unknown command 'modle'; did you mean 'model'?"));
+        CHECK(
+            contains(result.err, "fedcli: error: unknown command 'modle'; did you mean 'model'?"));
         CHECK(contains(result.err, "run 'fedcli --help'"));
         CHECK(result.out.empty());
     }
@@ -208,8 +209,8 @@ TEST_CASE("model inspect --json describes a numpy-written npz", "[cli]") {
     std::vector<std::string> keys;
     for (auto it = json.begin(); it != json.end(); ++it) keys.push_back(it.key());
     std::sort(keys.begin(), keys.end());
-    CHECK(keys == std::vector<std::string>{"arrays", "file", "file_bytes", "key_convention", "sha256",
-                                           "total_bytes", "total_parameters"});
+    CHECK(keys == std::vector<std::string>{"arrays", "file", "file_bytes", "key_convention",
+                                           "sha256", "total_bytes", "total_parameters"});
     CHECK(result.out.rfind("{\"file\":", 0) == 0);
 }
 
@@ -226,7 +227,7 @@ TEST_CASE("model inspect prints an aligned table with totals", "[cli]") {
     CHECK(contains(result.out, "50,176"));
     CHECK(contains(result.out, "196.0 KiB"));
     CHECK(contains(result.out, "5 arrays, 50,891 parameters"));
-    CHECK(contains(result.out, "(203,648 bytes)"));
+    CHECK(contains(result.out, "(203,608 bytes)"));
     CHECK(contains(result.out, "CRC-32 checked"));
 
     // The rows line up under the headers: dtype left-aligned, parameters right-aligned.

@@ -1,0 +1,41 @@
+# The command line itself: version, help, did-you-mean and usage-error exit codes.
+source "$(dirname "$0")/lib.sh"
+
+run_fedcli --version
+expect_rc 0
+grep -qE '^fedcli [0-9]+\.[0-9]+\.[0-9]+$' "$WORK/out" || fail "bad version line: $(cat "$WORK/out")"
+
+run_fedcli --help
+expect_rc 0
+expect_in out "Usage: fedcli"
+expect_in out "model"
+expect_in out "project"
+
+run_fedcli
+expect_rc 0
+expect_in out "Usage: fedcli"
+
+run_fedcli modle inspect x.npz
+expect_rc 2
+expect_in err "fedcli: error: unknown command 'modle'; did you mean 'model'?"
+expect_empty out
+
+run_fedcli model inspct x.npz
+expect_rc 2
+expect_in err "did you mean 'inspect'?"
+
+run_fedcli project
+expect_rc 2
+expect_in err "Usage: fedcli project"
+expect_in err "fedcli: error: 'fedcli project' needs a command"
+
+run_fedcli model inspect x.npz --bogus
+expect_rc 2
+expect_in err "fedcli: error: unknown option '--bogus'"
+expect_in err "run 'fedcli model inspect --help'"
+
+run_fedcli model inspect
+expect_rc 2
+expect_in err "fedcli: error: FILE is required"
+
+echo "ok"
