@@ -7,10 +7,30 @@
 #include <nlohmann/json.hpp>
 
 #include "cli/commands.hpp"
+#include "templates/templates.hpp"
 
 namespace fedcli::cli {
 
 namespace {
+
+Action setup_init(CLI::App& command, const Streams& streams) {
+    auto options = std::make_shared<ProjectInitOptions>();
+    command.add_option("directory", options->directory, "Folder for the new project")
+        ->type_name("DIR")
+        ->required();
+    std::string names;
+    for (const auto& info : templates::all()) {
+        names += "\n  " + std::string(info.name) + ": " + std::string(info.description);
+    }
+    command.add_option("--template,-t", options->template_name, "Project template:" + names)
+        ->type_name("NAME")
+        ->capture_default_str();
+    command.add_option("--name,-n", options->name, "Project name (default: the folder's name)")
+        ->type_name("NAME");
+    command.add_flag("--force", options->force, "Overwrite files that already exist");
+    std::ostream& out = streams.out;
+    return [options, &out] { return project_init(*options, out); };
+}
 
 Action setup_validate(CLI::App& command, const Streams& streams) {
     auto options = std::make_shared<ProjectValidateOptions>();
@@ -61,6 +81,26 @@ std::string project_json(const project::Project& project,
     return json.dump(-1, ' ', false, nlohmann::ordered_json::error_handler_t::replace);
 }
 
+int project_init(const ProjectInitOptions& options, std::ostream& out) {
+    auto directory = std::filesystem::absolute(options.directory).lexically_normal();
+    if (directory.has_filename() == false) directory = directory.parent_path();
+    std::string name = options.name.empty() ? directory.filename().string() : options.name;
+    auto written = templates::instantiate(
+        options.template_name, directory, name,
+        options.force ? templates::Overwrite::yes : templates::Overwrite::no);
+    out << "created project '" << name << "' (template " << options.template_name << ") in "
+        << directory.string() << ":\n";
+    for (const auto& file : written) out << "  " << file.string() << '\n';
+    std::string path = options.directory.string();
+    out << "next:\n"
+        << "  fedcli run build --path " << path << "\n"
+        << "  fedcli run train --path " << path << " --input " << path
+        << "/seed.npz --output update.npz\n"
+        << "  fedcli run validate --path " << path
+        << " --input update.npz --output metrics.json\n";
+    return 0;
+}
+
 int project_validate(const ProjectValidateOptions& options, std::ostream& out) {
     project::Project project = project::load(options.path);
     std::vector<std::string> problems = project::check_for_client(project);
@@ -76,6 +116,7 @@ int project_validate(const ProjectValidateOptions& options, std::ostream& out) {
 
 void register_project_commands(CLI::App& app, Dispatch& dispatch) {
     static constexpr CommandSpec k_commands[] = {
+        {"init", "Create a project folder from a template", setup_init},
         {"validate", "Check a project folder's project file and summarise it", setup_validate},
     };
     add_group(app, "project", "Work with project folders and their project file", k_commands,

@@ -13,6 +13,18 @@
 
 namespace fedcli::cli {
 
+struct ProjectInitOptions {
+    std::filesystem::path directory;
+    std::string template_name = "numpy";
+    std::string name;  ///< empty: the folder's name
+    bool force = false;
+};
+
+/// `fedcli project init DIR [--template T] [--name NAME] [--force]`: writes the template's
+/// files into DIR (created if missing) and prints what it wrote and what to run next.
+/// Refuses to overwrite existing files unless options.force.
+int project_init(const ProjectInitOptions& options, std::ostream& out);
+
 struct ProjectValidateOptions {
     std::filesystem::path path = ".";
     bool json = false;
