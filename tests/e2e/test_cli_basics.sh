@@ -39,3 +39,8 @@ expect_rc 2
 expect_in err "fedcli: error: FILE is required"
 
 echo "ok"
+
+# The fedcli binary stays lean: it must never link LibTorch (only fedcli_torch does).
+if ldd "$FEDCLI" | grep -qiE 'torch|c10'; then
+    fail "fedcli links LibTorch: $(ldd "$FEDCLI" | grep -iE 'torch|c10')"
+fi
