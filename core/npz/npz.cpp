@@ -114,7 +114,11 @@ public:
             fail(std::string("missing key ") +
                  (!have_descr ? "'descr'" : !have_order ? "'fortran_order'" : "'shape'"));
         }
-        element_count(info.shape);  // rejects shapes whose size overflows
+        try {
+            element_count(info.shape);  // rejects shapes whose size overflows
+        } catch (const Error& error) {
+            fail(error.what());
+        }
         return info;
     }
 

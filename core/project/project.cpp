@@ -1,5 +1,8 @@
 #include "core/project/project.hpp"
 
+#include <yaml-cpp/depthguard.h>
+#include <yaml-cpp/eventhandler.h>
+#include <yaml-cpp/parser.h>
 #include <yaml-cpp/yaml.h>
 
 #include <algorithm>
@@ -86,8 +89,13 @@ std::string describe_kind(const YAML::Node& node) {
         case YAML::NodeType::Null:
         case YAML::NodeType::Undefined:
             return "nothing";
-        case YAML::NodeType::Scalar:
-            return "the text '" + node.Scalar() + "'";
+        case YAML::NodeType::Scalar: {
+            // Keep messages on one line even when a runaway scalar swallowed half the file.
+            constexpr std::size_t k_max_shown = 100;
+            const std::string& text = node.Scalar();
+            std::size_t shown = std::min({text.size(), text.find('\n'), k_max_shown});
+            return "the text '" + text.substr(0, shown) + (shown < text.size() ? "...'" : "'");
+        }
         case YAML::NodeType::Sequence:
             return "a list";
         case YAML::NodeType::Map:
@@ -124,6 +132,37 @@ std::string hint_for_syntax_error(std::string_view text, const YAML::Exception& 
     if (message == "illegal EOF in scalar") return "a quoted text is not closed";
     return "";
 }
+
+/// Records where each document's first node starts, without building any nodes.
+class FirstNodeMark : public YAML::EventHandler {
+  public:
+    void OnDocumentStart(const YAML::Mark&) override { m_mark.reset(); }
+    void OnDocumentEnd() override {}
+    void OnNull(const YAML::Mark& mark, YAML::anchor_t) override { record(mark); }
+    void OnAlias(const YAML::Mark& mark, YAML::anchor_t) override { record(mark); }
+    void OnScalar(const YAML::Mark& mark, const std::string&, YAML::anchor_t,
+                  const std::string&) override {
+        record(mark);
+    }
+    void OnSequenceStart(const YAML::Mark& mark, const std::string&, YAML::anchor_t,
+                         YAML::EmitterStyle::value) override {
+        record(mark);
+    }
+    void OnSequenceEnd() override {}
+    void OnMapStart(const YAML::Mark& mark, const std::string&, YAML::anchor_t,
+                    YAML::EmitterStyle::value) override {
+        record(mark);
+    }
+    void OnMapEnd() override {}
+
+    std::optional<YAML::Mark> mark() const { return m_mark; }
+
+  private:
+    void record(const YAML::Mark& mark) {
+        if (!m_mark) m_mark = mark;
+    }
+    std::optional<YAML::Mark> m_mark;
+};
 
 /// Checks and converts one parsed document; holds the file label used in every message.
 class Reader {
@@ -321,7 +360,36 @@ class Reader {
         }
     }
 
+    /// Where each document starts, up to three of them (a project file may hold one).
+    ///
+    /// yaml-cpp 0.7's LoadAll() loops forever, allocating, on input such as a ',' where a
+    /// document should start (jbeder/yaml-cpp#1040, fixed upstream after 0.8): the parser
+    /// reports a null document without consuming the token, again and again. Walking the
+    /// documents here lets us notice a document that starts where the last one did.
+    std::vector<YAML::Mark> document_starts() const {
+        std::istringstream stream{std::string(m_text)};
+        YAML::Parser parser(stream);
+        FirstNodeMark first_node;
+        std::vector<YAML::Mark> starts;
+        while (starts.size() < 3 && parser.HandleNextDocument(first_node)) {
+            YAML::Mark mark = first_node.mark().value_or(YAML::Mark::null_mark());
+            if (!starts.empty() && mark.pos == starts.back().pos) {
+                std::size_t at = static_cast<std::size_t>(mark.pos) + m_mark_offset;
+                std::string what =
+                    at < m_text.size() ? "'" + std::string(1, m_text[at]) + "'" : "text";
+                throw YAML::ParserException(mark, "unexpected " + what);
+            }
+            starts.push_back(mark);
+        }
+        return starts;
+    }
+
     std::string syntax_error(const YAML::Exception& error) const {
+        // yaml-cpp 0.7 reports its nesting limit with the message "bad file".
+        if (dynamic_cast<const YAML::DeepRecursion*>(&error)) {
+            return location(m_file_label, error.mark) +
+                   ": invalid YAML: values are nested too deeply";
+        }
         std::string message = location(m_file_label, error.mark) + ": invalid YAML: " + error.msg;
         std::string hint = hint_for_syntax_error(m_text, error);
         if (!hint.empty()) message += "; " + hint;
@@ -403,9 +471,11 @@ Project load_file(const fs::path& file) {
 Project parse(std::string_view text, const fs::path& file) {
     Reader reader(text, file.string());
 
-    std::vector<YAML::Node> documents;
+    std::vector<YAML::Mark> documents;
+    YAML::Node root;
     try {
-        documents = YAML::LoadAll(std::string(text));
+        documents = reader.document_starts();
+        if (!documents.empty()) root = YAML::Load(std::string(text));
     } catch (const YAML::Exception& error) {
         throw Error(reader.syntax_error(error));
     }
@@ -415,15 +485,14 @@ Project parse(std::string_view text, const fs::path& file) {
     project.directory = project.file.parent_path();
     project.name = project.directory.filename().string();
 
-    if (documents.empty() || (documents.size() == 1 && documents[0].IsNull())) {
+    if (documents.empty() || (documents.size() == 1 && root.IsNull())) {
         throw Error(reader.file_label() +
                     ": the project file is empty; it needs at least 'entry_points:' with "
                     "'train: {command: ...}' under it");
     }
-    const YAML::Node& root = documents[0];
     reader.check_quotes(root);
     if (documents.size() > 1) {
-        reader.fail(documents[1].Mark(),
+        reader.fail(documents[1],
                     "a second YAML document starts here; a project file holds one document: "
                     "remove the '---' line and merge or delete what follows");
     }

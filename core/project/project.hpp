@@ -14,9 +14,10 @@
 // error that names the file, line and column and says how to fix it, e.g.
 //   "fedn.yaml:4:3: unknown entry point 'trian'; did you mean 'train'? (known: build, ...)".
 // FEDn's split-learning entry points `forward` and `backward` are accepted so FEDn
-// projects load unchanged, but fedcli never runs them.
+// projects load unchanged, but fedcli never runs them. The full format and every message:
+// docs/project-file.md.
 //
-// Thread-safety: functions here are pure; a Project is a plain value.
+// Thread-safety: no shared state (load() only reads the file); a Project is a plain value.
 #pragma once
 
 #include <filesystem>

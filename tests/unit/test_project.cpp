@@ -10,6 +10,7 @@
 #include "tests/unit/support.hpp"
 
 using Catch::Contains;
+using Catch::EndsWith;
 using Catch::StartsWith;
 using fedcli::project::check_for_client;
 using fedcli::project::find_project_file;
@@ -139,7 +140,7 @@ TEST_CASE("FEDn's mnist-pytorch fedn.yaml loads unchanged", "[project][fedn]") {
     CHECK(check_for_client(project).empty());
 }
 
-TEST_CASE("FEDn split-learning entry points are accepted but kept apart", "[project][fedn]") {
+TEST_CASE("FEDn split-learning entry points are accepted", "[project][fedn]") {
     TempDir dir;
     write_file(dir / "fedn.yaml",
                "entry_points:\n"
@@ -365,6 +366,11 @@ TEST_CASE("empty files and files that are not a map", "[project]") {
     SECTION("plain text") {
         CHECK_THAT(load_error(dir, "hello\n"),
                    StartsWith(at(dir, 1, 1)) && Contains("found the text 'hello'"));
+        // Long or multi-line text is cut so that the message stays one line.
+        CHECK_THAT(load_error(dir, "|\n  line one\n  line two\n"),
+                   EndsWith("found the text 'line one...'"));
+        CHECK_THAT(load_error(dir, std::string(300, 'x') + "\n"),
+                   EndsWith("found the text '" + std::string(100, 'x') + "...'"));
     }
     SECTION("two YAML documents") {
         CHECK_THAT(load_error(dir, std::string(k_minimal) + "---\nname: other\n"),
@@ -419,6 +425,19 @@ TEST_CASE("malformed YAML is reported with file, line and column", "[project]") 
         CHECK_THAT(
             load_error(dir, "entry_points:\n\ttrain:\n\t\tcommand: x\n"),
             StartsWith(at(dir, 2, 7) + "invalid YAML: ") && Contains("tabs for indentation"));
+    }
+    SECTION("a stray comma where a document starts") {
+        // yaml-cpp 0.7's LoadAll() never returns on this input.
+        CHECK(load_error(dir, ",\n") == at(dir, 1, 1) + "invalid YAML: unexpected ','");
+        CHECK_THAT(load_error(dir, ",name: x\nentry_points: {train: {command: t}}\n"),
+                   StartsWith(at(dir, 1, 1) + "invalid YAML: unexpected ','"));
+        CHECK_THAT(load_error(dir, "name: x\n---\n,\n"),
+                   StartsWith(at(dir, 3, 1) + "invalid YAML: unexpected ','"));
+    }
+    SECTION("nesting deeper than yaml-cpp allows") {
+        CHECK_THAT(load_error(dir, "name: " + std::string(5000, '[') + "\n"),
+                   StartsWith((dir / "fedcli.yaml").string() + ":") &&
+                       Contains("invalid YAML: values are nested too deeply"));
     }
     SECTION("an undefined alias") {
         CHECK_THAT(load_error(dir, "name: *nothing\n"),
