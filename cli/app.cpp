@@ -20,6 +20,8 @@ using RegisterGroup = void (*)(CLI::App& app, Dispatch& dispatch);
 /// The command groups of fedcli, in the order `fedcli --help` lists them.
 constexpr RegisterGroup k_groups[] = {
     register_project_commands,
+    register_run_commands,
+    register_package_commands,
     register_model_commands,
 };
 

@@ -63,6 +63,10 @@ CLI::App& add_group(CLI::App& parent, std::string_view name, std::string_view de
 void register_model_commands(CLI::App& app, Dispatch& dispatch);
 /// `fedcli project ...`: project folders and files (cli/cmd_project.cpp).
 void register_project_commands(CLI::App& app, Dispatch& dispatch);
+/// `fedcli run ...`: one entry point, locally (cli/cmd_run.cpp).
+void register_run_commands(CLI::App& app, Dispatch& dispatch);
+/// `fedcli package ...`: compute packages (cli/cmd_package.cpp).
+void register_package_commands(CLI::App& app, Dispatch& dispatch);
 
 /// A failure made of several independent problems (e.g. everything `project validate`
 /// found wrong). what() joins them with "; "; run() prints each on its own error line.
