@@ -10,6 +10,7 @@
 #include "cli/commands.hpp"
 #include "cli/text.hpp"
 #include "core/error.hpp"
+#include "core/util/suggest.hpp"
 
 namespace fedcli::cli {
 
@@ -94,7 +95,7 @@ void check_command_words(CLI::App& root, const std::vector<std::string>& args) {
         std::string message = "unknown command '" + arg + "'";
         if (current != &root) message += " for '" + command_path(*current) + "'";
         auto names = subcommand_names(*current);
-        if (auto suggestion = closest_match(arg, names)) {
+        if (auto suggestion = util::closest_match(arg, names)) {
             message += "; did you mean '" + *suggestion + "'?";
         }
         throw UsageError(message, command_path(*current));
@@ -126,7 +127,7 @@ std::string describe_extras(const CLI::App& root, const std::string& fallback) {
     if (extras.size() > 1) message += " (and " + std::to_string(extras.size() - 1) + " more)";
     if (is_option) {
         auto name = first.substr(0, first.find('='));
-        if (auto suggestion = closest_match(name, long_option_names(*current))) {
+        if (auto suggestion = util::closest_match(name, long_option_names(*current))) {
             message += "; did you mean '" + *suggestion + "'?";
         }
     }

@@ -19,17 +19,6 @@ std::string human_bytes(std::uint64_t bytes);
 /// 1234567 -> "1,234,567".
 std::string group_digits(std::uint64_t value);
 
-/// Edit distance between two strings where insertions, deletions, substitutions and swaps
-/// of two neighbouring characters each cost 1 (so "modle" is 1 away from "model").
-std::size_t edit_distance(std::string_view from, std::string_view to);
-
-/// The candidate a user most likely meant when typing `typed`: the closest one by
-/// edit_distance() if it is close enough to be a plausible typo (at most 2 edits, or a
-/// third of the typed length for long names), else the only candidate that starts with
-/// `typed`. Ties go to the earlier candidate. nullopt when nothing is plausible.
-std::optional<std::string> closest_match(std::string_view typed,
-                                         std::span<const std::string> candidates);
-
 /// A table printed with every column padded to its widest cell, two spaces between
 /// columns and no trailing spaces.
 class Table {

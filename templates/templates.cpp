@@ -4,23 +4,10 @@
 #include <fstream>
 
 #include "core/error.hpp"
+#include "core/util/suggest.hpp"
 
 namespace fedcli::templates {
 namespace {
-
-std::size_t edit_distance(std::string_view a, std::string_view b) {
-    std::vector<std::size_t> previous(b.size() + 1), current(b.size() + 1);
-    for (std::size_t j = 0; j <= b.size(); ++j) previous[j] = j;
-    for (std::size_t i = 1; i <= a.size(); ++i) {
-        current[0] = i;
-        for (std::size_t j = 1; j <= b.size(); ++j) {
-            current[j] = std::min({previous[j] + 1, current[j - 1] + 1,
-                                   previous[j - 1] + (a[i - 1] == b[j - 1] ? 0 : 1)});
-        }
-        std::swap(previous, current);
-    }
-    return previous[b.size()];
-}
 
 std::string substitute(std::string_view content, const std::string& project_name) {
     static constexpr std::string_view k_placeholder = "{{name}}";
@@ -55,21 +42,18 @@ std::vector<std::filesystem::path> instantiate(std::string_view name,
     auto known = std::find_if(templates.begin(), templates.end(),
                               [&](const TemplateInfo& info) { return info.name == name; });
     if (known == templates.end()) {
-        std::string names, suggestion;
-        std::size_t best = 3;
+        std::string names;
+        std::vector<std::string> candidates;
         for (const auto& info : templates) {
             names += (names.empty() ? "" : ", ") + std::string(info.name);
-            if (auto distance = edit_distance(name, info.name); distance < best) {
-                best = distance;
-                suggestion = info.name;
-            }
+            candidates.emplace_back(info.name);
         }
+        auto suggestion = util::closest_match(name, candidates);
         throw Error("unknown template '" + std::string(name) + "'" +
-                    (suggestion.empty() ? "" : "; did you mean '" + suggestion + "'?") +
+                    (suggestion ? "; did you mean '" + *suggestion + "'?" : "") +
                     " (templates: " + names + ")");
     }
-    if (project_name.empty() ||
-        project_name.find_first_of("\n\r\"'{}:#") != std::string::npos) {
+    if (project_name.empty() || project_name.find_first_of("\n\r\"'{}:#") != std::string::npos) {
         throw Error("project name '" + project_name +
                     "' is not usable: it must be non-empty, on one line, without quotes, "
                     "braces, ':' or '#'");

@@ -15,6 +15,7 @@
 #include <system_error>
 
 #include "core/error.hpp"
+#include "core/util/suggest.hpp"
 
 namespace fedcli::project {
 namespace {
@@ -40,24 +41,6 @@ std::string to_lower(std::string_view text) {
     return lowered;
 }
 
-// Optimal string alignment distance: Levenshtein plus adjacent transpositions, so that
-// 'trian' is one edit from 'train' like a human would count it.
-std::size_t edit_distance(std::string_view a, std::string_view b) {
-    std::vector<std::vector<std::size_t>> d(a.size() + 1, std::vector<std::size_t>(b.size() + 1));
-    for (std::size_t i = 0; i <= a.size(); ++i) d[i][0] = i;
-    for (std::size_t j = 0; j <= b.size(); ++j) d[0][j] = j;
-    for (std::size_t i = 1; i <= a.size(); ++i) {
-        for (std::size_t j = 1; j <= b.size(); ++j) {
-            std::size_t cost = a[i - 1] == b[j - 1] ? 0 : 1;
-            d[i][j] = std::min({d[i - 1][j] + 1, d[i][j - 1] + 1, d[i - 1][j - 1] + cost});
-            if (i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1]) {
-                d[i][j] = std::min(d[i][j], d[i - 2][j - 2] + 1);
-            }
-        }
-    }
-    return d[a.size()][b.size()];
-}
-
 /// The candidate a typo most likely meant, or nothing when none is close.
 std::optional<std::string_view> closest(std::string_view typed,
                                         std::span<const std::string_view> candidates) {
@@ -65,7 +48,7 @@ std::optional<std::string_view> closest(std::string_view typed,
     std::optional<std::string_view> best;
     std::size_t best_distance = 0;
     for (auto candidate : candidates) {
-        std::size_t distance = edit_distance(typed_lower, candidate);
+        std::size_t distance = util::edit_distance(typed_lower, candidate);
         // Longer names tolerate more slips; one edit is always allowed.
         std::size_t allowed = std::max<std::size_t>(1, (candidate.size() + 1) / 3);
         // A truncated name ('python' for 'python_env') is far in edits but obvious to a reader.

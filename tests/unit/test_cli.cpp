@@ -406,8 +406,6 @@ TEST_CASE("project validate on a broken or missing project fails with context", 
 }
 
 TEST_CASE("text helpers", "[cli]") {
-    using fedcli::cli::closest_match;
-    using fedcli::cli::edit_distance;
     using fedcli::cli::group_digits;
     using fedcli::cli::human_bytes;
 
@@ -422,17 +420,4 @@ TEST_CASE("text helpers", "[cli]") {
     CHECK(group_digits(999) == "999");
     CHECK(group_digits(1000) == "1,000");
     CHECK(group_digits(1234567) == "1,234,567");
-
-    CHECK(edit_distance("model", "model") == 0);
-    CHECK(edit_distance("modle", "model") == 1);
-    CHECK(edit_distance("inspct", "inspect") == 1);
-    CHECK(edit_distance("", "abc") == 3);
-    CHECK(edit_distance("kitten", "sitting") == 3);
-
-    const std::vector<std::string> names = {"model", "project", "combiner"};
-    CHECK(closest_match("modle", names) == "model");
-    CHECK(closest_match("projcet", names) == "project");
-    CHECK(closest_match("comb", names) == "combiner");
-    CHECK_FALSE(closest_match("xyzzy", names).has_value());
-    CHECK_FALSE(closest_match("", names).has_value());
 }
