@@ -37,6 +37,7 @@ demo: build
 
 bench: build
 	@$(BUILD)/bench/bench_npz
+	@$(BUILD)/bench/bench_aggregate
 
 fuzz: bootstrap
 	@FUZZ_SECONDS=$(FUZZ_SECONDS) JOBS=$(JOBS) scripts/fuzz

@@ -7,6 +7,8 @@
 
 #include "cli/commands.hpp"
 #include "cli/text.hpp"
+#include "core/aggregate/aggregator.hpp"
+#include "core/aggregate/diff.hpp"
 #include "core/util/sha256.hpp"
 
 namespace fedcli::cli {
@@ -115,6 +117,162 @@ Action setup_inspect(CLI::App& command, const Streams& streams) {
     return [options, &out] { return model_inspect(*options, out); };
 }
 
+struct AggregateOptions {
+    std::string aggregator = "fedavg";
+    std::vector<std::string> config;
+    std::string config_json;
+    std::filesystem::path global;
+    std::filesystem::path output;
+    std::vector<std::string> updates;
+    std::filesystem::path state_in;
+    std::filesystem::path state_out;
+    bool compress = false;
+    bool json = false;
+};
+
+int model_aggregate(const AggregateOptions& options, std::ostream& out) {
+    aggregate::AggregateFilesOptions request;
+    request.aggregator = options.aggregator;
+    if (!options.config_json.empty()) {
+        nlohmann::json parsed;
+        try {
+            parsed = nlohmann::json::parse(options.config_json);
+        } catch (const nlohmann::json::parse_error& error) {
+            throw UsageError("--config-json: not valid JSON: " + std::string(error.what()),
+                             "fedcli model aggregate");
+        }
+        request.config = aggregate::Config::from_json(parsed);
+    }
+    const auto flags = aggregate::Config::from_items(options.config);
+    for (const auto& [key, value] : flags.values()) {
+        request.config.set(key, value);
+    }
+    request.global = options.global;
+    request.output = options.output;
+    for (const auto& argument : options.updates) {
+        request.updates.push_back(aggregate::parse_update_argument(argument));
+    }
+    request.state_in = options.state_in;
+    request.state_out = options.state_out;
+    if (options.compress) request.write_options.compression = npz::Compression::deflate;
+    auto summary = aggregate::aggregate_files(request);
+    if (options.json) {
+        out << aggregate::summary_json(summary).dump() << '\n';
+        return 0;
+    }
+    Table table({"update", "examples", "status", "reason"},
+                {Table::Align::left, Table::Align::right, Table::Align::left, Table::Align::left});
+    for (const auto& update : summary.updates) {
+        std::string status = update.status == aggregate::UpdateStatus::used       ? "used"
+                             : update.status == aggregate::UpdateStatus::rejected ? "REJECTED"
+                                                                                  : "not selected";
+        table.add_row({update.file.empty() ? update.description : update.file,
+                       group_digits(update.num_examples), status, update.reason});
+    }
+    table.print(out);
+    out << summary.aggregator << ": " << summary.used << " used, " << summary.rejected
+        << " rejected";
+    if (summary.not_selected) out << ", " << summary.not_selected << " not selected";
+    out << "; " << group_digits(summary.total_examples) << " examples -> "
+        << options.output.string() << '\n';
+    if (!options.state_out.empty()) out << "server state -> " << options.state_out.string() << '\n';
+    return 0;
+}
+
+Action setup_aggregate(CLI::App& command, const Streams& streams) {
+    auto options = std::make_shared<AggregateOptions>();
+    std::string names;
+    for (const auto& info : aggregate::aggregator_catalog()) {
+        names += (names.empty() ? "" : ", ") + std::string(info.name);
+    }
+    command.add_option("--aggregator,-a", options->aggregator, "One of: " + names)
+        ->type_name("NAME")
+        ->capture_default_str();
+    command
+        .add_option("--config,-c", options->config,
+                    "Hyperparameter KEY=VALUE (repeatable; see docs/aggregators.md)")
+        ->type_name("KEY=VALUE");
+    command
+        .add_option("--config-json", options->config_json,
+                    "Hyperparameters as a JSON object (KEY=VALUE flags win)")
+        ->type_name("JSON");
+    command.add_option("--global,-g", options->global, "The current global model")
+        ->type_name("FILE")
+        ->required();
+    command.add_option("--output,-o", options->output, "Where the new global model goes")
+        ->type_name("FILE")
+        ->required();
+    command
+        .add_option("updates", options->updates,
+                    "Updates as FILE or FILE:N (N = num_examples; otherwise read from "
+                    "FILE-metadata, else 1)")
+        ->type_name("UPDATE")
+        ->required();
+    command
+        .add_option("--state-in", options->state_in,
+                    "Server optimiser state to start from (fedavgm, fedadam, ...)")
+        ->type_name("FILE");
+    command.add_option("--state-out", options->state_out, "Where to write the server state")
+        ->type_name("FILE");
+    command.add_flag("--compress", options->compress, "Write the output with deflate");
+    command.add_flag("--json", options->json, "Print the summary as one JSON object");
+    std::ostream& out = streams.out;
+    return [options, &out] { return model_aggregate(*options, out); };
+}
+
+struct DiffOptions {
+    std::filesystem::path a;
+    std::filesystem::path b;
+    bool json = false;
+};
+
+std::string number(double value) {
+    char text[32];
+    std::snprintf(text, sizeof text, "%.6g", value);
+    return text;
+}
+
+int model_diff(const DiffOptions& options, std::ostream& out) {
+    auto difference = aggregate::diff_files(options.a, options.b);
+    if (options.json) {
+        out << aggregate::difference_json(difference).dump() << '\n';
+        return 0;
+    }
+    Table table({"array", "shape", "differing", "max |a-b|", "mean |a-b|", "L2"},
+                {Table::Align::left, Table::Align::left, Table::Align::right, Table::Align::right,
+                 Table::Align::right, Table::Align::right});
+    for (const auto& array : difference.arrays) {
+        using Status = aggregate::ArrayDifference::Status;
+        if (array.status == Status::compared) {
+            table.add_row({array.name, npz::format_shape(array.shape_a),
+                           group_digits(array.differing), number(array.max_abs),
+                           number(array.mean_abs), number(array.l2)});
+        } else {
+            std::string what = array.status == Status::only_in_a ? "only in " + options.a.string()
+                               : array.status == Status::only_in_b
+                                   ? "only in " + options.b.string()
+                                   : "shape " + npz::format_shape(array.shape_a) + " vs " +
+                                         npz::format_shape(array.shape_b);
+            table.add_row({array.name, what, "", "", "", ""});
+        }
+    }
+    table.print(out);
+    out << (difference.identical ? "identical" : "different") << ": "
+        << group_digits(difference.differing) << " of " << group_digits(difference.elements)
+        << " values differ, max |a-b| " << number(difference.max_abs) << ", L2 "
+        << number(difference.l2) << '\n';
+    return 0;
+}
+
+Action setup_diff(CLI::App& command, const Streams& streams) {
+    auto options = std::make_shared<DiffOptions>();
+    command.add_option("a", options->a, "First parameter file")->type_name("A")->required();
+    command.add_option("b", options->b, "Second parameter file")->type_name("B")->required();
+    command.add_flag("--json", options->json, "Print one JSON object");
+    std::ostream& out = streams.out;
+    return [options, &out] { return model_diff(*options, out); };
+}
+
 }  // namespace
 
 InspectReport inspect_parameter_file(const std::filesystem::path& file) {
@@ -196,6 +354,9 @@ void register_model_commands(CLI::App& app, Dispatch& dispatch) {
     static constexpr CommandSpec k_commands[] = {
         {"inspect", "Show the arrays, sizes and sha256 of a parameter file; verify its members",
          setup_inspect},
+        {"aggregate", "Combine updates into a new global model (fedavg, fedadam, krum, ...)",
+         setup_aggregate},
+        {"diff", "Compare two parameter files array by array", setup_diff},
     };
     add_group(app, "model", "Look at parameter files (.npz) offline", k_commands, dispatch);
 }

@@ -1,0 +1,164 @@
+#include "core/npz/mapped.hpp"
+
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+
+#include "core/error.hpp"
+#include "core/npz/zip.hpp"
+
+namespace fedcli::npz {
+namespace {
+
+constexpr std::string_view k_npy_magic{"\x93NUMPY", 6};
+
+bool mappable(const MemberInfo& member) {
+    return member.compression == Compression::stored && !member.array.big_endian &&
+           (!member.array.fortran_order || member.array.shape.size() <= 1);
+}
+
+}  // namespace
+
+MappedNpz::MappedNpz(const std::filesystem::path& path, ReadOptions options)
+    : m_display_name(path.string()) {
+    m_fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    if (m_fd < 0) throw Error(m_display_name + ": cannot open: " + std::strerror(errno));
+    try {
+        struct stat info {};
+        if (::fstat(m_fd, &info) != 0) {
+            throw Error(m_display_name + ": cannot stat: " + std::strerror(errno));
+        }
+        if (S_ISDIR(info.st_mode)) {
+            throw Error(m_display_name + ": is a folder, not a parameter file");
+        }
+        m_file_size = static_cast<std::uint64_t>(info.st_size);
+
+        char magic[6] = {};
+        std::size_t magic_size =
+            static_cast<std::size_t>(std::min<std::uint64_t>(m_file_size, sizeof magic));
+        zip::pread_exact(m_fd, magic, magic_size, 0, m_display_name);
+        bool single_npy = std::string_view(magic, magic_size) == k_npy_magic;
+
+        if (single_npy) {
+            // A lone .npy: one member keyed by the file's stem, data right after the header.
+            std::vector<std::byte> prefix(
+                static_cast<std::size_t>(std::min<std::uint64_t>(m_file_size, k_npy_prefix_size)));
+            zip::pread_exact(m_fd, prefix.data(), prefix.size(), 0, m_display_name);
+            std::size_t header_size = npy_header_size(prefix, m_display_name);
+            if (header_size > m_file_size) {
+                throw Error(m_display_name + ": NPY header is truncated");
+            }
+            std::vector<std::byte> header(header_size);
+            zip::pread_exact(m_fd, header.data(), header.size(), 0, m_display_name);
+            auto parsed = parse_npy_header(header, m_display_name);
+            std::uint64_t data_size = parsed.info.byte_size();
+            if (m_file_size - header_size != data_size) {
+                throw Error(m_display_name + ": header says " +
+                            std::string(dtype_name(parsed.info.dtype)) + " " +
+                            format_shape(parsed.info.shape) + " (" + std::to_string(data_size) +
+                            " bytes of data) but the file holds " +
+                            std::to_string(m_file_size - header_size) + " bytes after the header");
+            }
+            MemberInfo member;
+            member.member_name = path.filename().string();
+            member.key = path.stem().string();
+            member.compressed_size = member.uncompressed_size = m_file_size;
+            member.data_offset = 0;
+            member.array = parsed.info;
+            member.npy_header_size = header_size;
+            m_members.push_back(std::move(member));
+        } else {
+            m_reader = std::make_unique<Reader>(m_fd, m_display_name, options);
+            m_members = m_reader->members();
+        }
+
+        m_mapped.assign(m_members.size(), nullptr);
+        m_fallback = std::make_unique<Fallback[]>(m_members.size());
+        bool any_mappable = false;
+        for (const auto& member : m_members) any_mappable = any_mappable || mappable(member);
+        if (any_mappable && m_file_size > 0) {
+            // MAP_POPULATE sets up the page tables in one go, much faster than taking a
+            // fault on every 4 KiB page during the first pass over the data.
+            void* map = ::mmap(nullptr, static_cast<std::size_t>(m_file_size), PROT_READ,
+                               MAP_PRIVATE | MAP_POPULATE, m_fd, 0);
+            if (map == MAP_FAILED) {
+                throw Error(m_display_name + ": cannot map: " + std::strerror(errno));
+            }
+            m_map = static_cast<const std::byte*>(map);
+            m_map_size = static_cast<std::size_t>(m_file_size);
+        }
+        for (std::size_t i = 0; i < m_members.size(); ++i) {
+            const auto& member = m_members[i];
+            if (!m_map || !mappable(member)) continue;
+            const std::byte* start = m_map + member.data_offset;
+            if (m_reader && options.verify_crc &&
+                zip::crc32(0, start, static_cast<std::size_t>(member.uncompressed_size)) !=
+                    member.crc32) {
+                throw Error(m_display_name + ": member '" + member.member_name +
+                            "': CRC-32 mismatch (data is corrupt)");
+            }
+            m_mapped[i] = start + member.npy_header_size;
+        }
+    } catch (...) {
+        if (m_map) ::munmap(const_cast<std::byte*>(m_map), m_map_size);
+        m_reader.reset();
+        ::close(m_fd);
+        throw;
+    }
+}
+
+MappedNpz::~MappedNpz() {
+    if (m_map) ::munmap(const_cast<std::byte*>(m_map), m_map_size);
+    m_reader.reset();
+    if (m_fd >= 0) ::close(m_fd);
+}
+
+std::optional<std::size_t> MappedNpz::find(std::string_view key) const {
+    for (std::size_t i = 0; i < m_members.size(); ++i) {
+        if (m_members[i].key == key) return i;
+    }
+    return std::nullopt;
+}
+
+bool MappedNpz::is_mapped(std::size_t index) const {
+    return m_mapped.at(index) != nullptr;
+}
+
+bool MappedNpz::fully_mapped() const {
+    return std::all_of(m_mapped.begin(), m_mapped.end(),
+                       [](const std::byte* data) { return data != nullptr; });
+}
+
+void MappedNpz::close_file() {
+    if (m_fd < 0) return;
+    for (std::size_t i = 0; i < m_members.size(); ++i) data(i);
+    m_reader.reset();
+    ::close(m_fd);
+    m_fd = -1;
+}
+
+std::span<const std::byte> MappedNpz::data(std::size_t index) const {
+    const MemberInfo& member = m_members.at(index);
+    std::size_t size = static_cast<std::size_t>(member.array.byte_size());
+    if (m_mapped[index]) return {m_mapped[index], size};
+    Fallback& fallback = m_fallback[index];
+    std::call_once(fallback.once, [&] {
+        fallback.array = m_reader ? m_reader->read(index) : read_npy(m_display_name);
+    });
+    return {fallback.array.data(), size};
+}
+
+Array MappedNpz::read(std::size_t index) const {
+    const MemberInfo& member = m_members.at(index);
+    Array copy(member.array.dtype, member.array.shape);
+    auto bytes = data(index);
+    if (!bytes.empty()) std::memcpy(copy.data(), bytes.data(), bytes.size());
+    return copy;
+}
+
+}  // namespace fedcli::npz
