@@ -32,7 +32,8 @@ build: configure
 test: build
 	@cd $(BUILD) && ctest --output-on-failure -j $(JOBS) --timeout 600
 
-demo: build
+demo: configure
+	@cmake --build $(BUILD) -j $(JOBS) --target fedcli
 	@scripts/demo $(BUILD)/cli/fedcli
 
 bench: build
