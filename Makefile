@@ -2,7 +2,8 @@
 # machine as root: both install what is missing first (scripts/bootstrap, idempotent).
 #
 #   make demo     bootstrap, build, run the demo
-#   make test     bootstrap, build, run every unit and end-to-end test (ctest)
+#   make test     bootstrap, build, run the unit and end-to-end tests (ctest; all but "large")
+#   make test-large  the tests too big for every run (a >4 GiB zip64 file)
 #   make bench    run the benchmarks under bench/ (ratios against same-run ceilings)
 #   make fuzz     build the libFuzzer targets with clang and run each briefly
 #   make format   clang-format the sources
@@ -16,7 +17,7 @@ BUILD_TYPE ?= RelWithDebInfo
 WERROR ?= $(if $(CI),ON,OFF)
 FUZZ_SECONDS ?= 30
 
-.PHONY: all bootstrap configure build test demo bench fuzz format clean
+.PHONY: all bootstrap configure build test test-large demo bench fuzz format clean
 
 all: build
 
@@ -30,7 +31,10 @@ build: configure
 	@cmake --build $(BUILD) -j $(JOBS)
 
 test: build
-	@cd $(BUILD) && ctest --output-on-failure -j $(JOBS) --timeout 600
+	@cd $(BUILD) && ctest --output-on-failure -j $(JOBS) --timeout 600 -LE large
+
+test-large: build
+	@cd $(BUILD) && ctest --output-on-failure -L large
 
 demo: configure
 	@cmake --build $(BUILD) -j $(JOBS) --target fedcli
