@@ -44,7 +44,9 @@ constexpr std::array<DTypeRow, 12> k_dtypes{{
     {DType::boolean, "bool", "|b1", 'b', 1},
 }};
 
-const DTypeRow& row(DType dtype) { return k_dtypes[static_cast<std::size_t>(dtype)]; }
+const DTypeRow& row(DType dtype) {
+    return k_dtypes[static_cast<std::size_t>(dtype)];
+}
 
 constexpr std::string_view k_npy_magic{"\x93NUMPY", 6};
 constexpr std::size_t k_huge_page = std::size_t{2} << 20;
@@ -53,14 +55,16 @@ constexpr std::size_t k_alignment = 64;
 // never an unbounded allocation from a lying length field.
 constexpr std::size_t k_max_npy_header = std::size_t{16} << 20;
 
-std::string quote(std::string_view text) { return "'" + std::string(text) + "'"; }
+std::string quote(std::string_view text) {
+    return "'" + std::string(text) + "'";
+}
 
 // ---------------------------------------------------------------------------------------
 // NPY header dictionary: a Python literal such as
 //   {'descr': '<f4', 'fortran_order': False, 'shape': (3, 4), }
 
 class HeaderParser {
-public:
+  public:
     HeaderParser(std::string_view text, const std::string& where) : m_text(text), m_where(where) {}
 
     ArrayInfo parse() {
@@ -79,8 +83,9 @@ public:
                 if (have_descr) fail("duplicate key 'descr'");
                 have_descr = true;
                 if (peek() == '[') {
-                    fail("structured dtypes (record arrays) are not supported; save plain "
-                         "numeric arrays");
+                    fail(
+                        "structured dtypes (record arrays) are not supported; save plain "
+                        "numeric arrays");
                 }
                 parse_descr(parse_string(), info);
             } else if (key == "fortran_order") {
@@ -111,8 +116,9 @@ public:
             }
         }
         if (!have_descr || !have_order || !have_shape) {
-            fail(std::string("missing key ") +
-                 (!have_descr ? "'descr'" : !have_order ? "'fortran_order'" : "'shape'"));
+            fail(std::string("missing key ") + (!have_descr   ? "'descr'"
+                                                : !have_order ? "'fortran_order'"
+                                                              : "'shape'"));
         }
         try {
             element_count(info.shape);  // rejects shapes whose size overflows
@@ -122,7 +128,7 @@ public:
         return info;
     }
 
-private:
+  private:
     [[noreturn]] void fail(const std::string& what) const {
         throw Error(m_where + ": bad NPY header: " + what);
     }
@@ -187,7 +193,8 @@ private:
     void parse_descr(const std::string& descr, ArrayInfo& info) const {
         std::string_view text = descr;
         char order = '|';
-        if (!text.empty() && (text[0] == '<' || text[0] == '>' || text[0] == '|' || text[0] == '=')) {
+        if (!text.empty() &&
+            (text[0] == '<' || text[0] == '>' || text[0] == '|' || text[0] == '=')) {
             order = text[0];
             text.remove_prefix(1);
         }
@@ -316,12 +323,26 @@ std::uint64_t convention_index(const std::string& key, KeyConvention convention)
     return value;
 }
 
-std::string errno_text() { return std::strerror(errno); }
+std::string errno_text() {
+    return std::strerror(errno);
+}
+
+/// The zip entry a member was read from (what MemberReader needs).
+zip::Entry zip_entry(const MemberInfo& member) {
+    zip::Entry entry;
+    entry.name = member.member_name;
+    entry.method =
+        member.compression == Compression::deflate ? zip::k_method_deflate : zip::k_method_stored;
+    entry.compressed_size = member.compressed_size;
+    entry.uncompressed_size = member.uncompressed_size;
+    entry.crc32 = member.crc32;
+    return entry;
+}
 
 /// A file created next to its destination and renamed over it on commit(), so readers
 /// never see a half-written file; removed if never committed.
 class AtomicFile {
-public:
+  public:
     explicit AtomicFile(const std::filesystem::path& destination) : m_destination(destination) {
         auto folder = destination.parent_path();
         if (folder.empty()) folder = ".";
@@ -330,8 +351,7 @@ public:
         m_fd = ::mkostemp(pattern.data(), O_CLOEXEC);
         if (m_fd < 0) {
             throw Error(destination.string() + ": cannot create: " + errno_text() +
-                        (std::filesystem::is_directory(folder) ? ""
-                                                               : " (folder does not exist)"));
+                        (std::filesystem::is_directory(folder) ? "" : " (folder does not exist)"));
         }
         m_temporary = pattern;
         ::fchmod(m_fd, 0644);
@@ -348,14 +368,15 @@ public:
     void commit() {
         int fd = m_fd;
         m_fd = -1;
-        if (::close(fd) != 0) throw Error(m_destination.string() + ": write failed: " + errno_text());
+        if (::close(fd) != 0)
+            throw Error(m_destination.string() + ": write failed: " + errno_text());
         if (::rename(m_temporary.c_str(), m_destination.c_str()) != 0) {
             throw Error(m_destination.string() + ": cannot rename into place: " + errno_text());
         }
         m_temporary.clear();
     }
 
-private:
+  private:
     std::filesystem::path m_destination;
     std::string m_temporary;
     int m_fd = -1;
@@ -384,10 +405,18 @@ int open_for_reading(const std::filesystem::path& path, std::uint64_t& size) {
 // ---------------------------------------------------------------------------------------
 // dtypes
 
-std::size_t dtype_size(DType dtype) { return row(dtype).size; }
-std::string_view dtype_name(DType dtype) { return row(dtype).name; }
-std::string_view dtype_descr(DType dtype) { return row(dtype).descr; }
-bool dtype_is_float(DType dtype) { return row(dtype).kind == 'f'; }
+std::size_t dtype_size(DType dtype) {
+    return row(dtype).size;
+}
+std::string_view dtype_name(DType dtype) {
+    return row(dtype).name;
+}
+std::string_view dtype_descr(DType dtype) {
+    return row(dtype).descr;
+}
+bool dtype_is_float(DType dtype) {
+    return row(dtype).kind == 'f';
+}
 
 std::optional<DType> dtype_from_name(std::string_view name) {
     for (const auto& candidate : k_dtypes) {
@@ -428,7 +457,9 @@ Buffer::Buffer(std::size_t size) : m_size(size) {
     if (!m_data) throw std::bad_alloc();
 }
 
-Buffer::~Buffer() { release(); }
+Buffer::~Buffer() {
+    release();
+}
 
 Buffer::Buffer(Buffer&& other) noexcept
     : m_data(other.m_data), m_size(other.m_size), m_mapped(other.m_mapped) {
@@ -594,8 +625,8 @@ NpyHeader parse_npy_header(std::span<const std::byte> bytes, const std::string& 
 }
 
 std::string format_npy_header(DType dtype, const Shape& shape) {
-    std::string dictionary = "{'descr': '" + std::string(dtype_descr(dtype)) +
-                             "', 'fortran_order': False, 'shape': (";
+    std::string dictionary =
+        "{'descr': '" + std::string(dtype_descr(dtype)) + "', 'fortran_order': False, 'shape': (";
     for (std::size_t i = 0; i < shape.size(); ++i) {
         if (i) dictionary += ", ";
         dictionary += std::to_string(shape[i]);
@@ -633,8 +664,8 @@ Array read_npy(const std::filesystem::path& path) {
         ~Closer() { ::close(fd); }
     } closer{fd};
     std::string where = path.string();
-    std::vector<std::byte> prefix(static_cast<std::size_t>(
-        std::min<std::uint64_t>(file_size, k_npy_prefix_size)));
+    std::vector<std::byte> prefix(
+        static_cast<std::size_t>(std::min<std::uint64_t>(file_size, k_npy_prefix_size)));
     zip::pread_exact(fd, prefix.data(), prefix.size(), 0, where);
     std::size_t header_size = npy_header_size(prefix, where);
     if (header_size > k_max_npy_header) throw Error(where + ": NPY header is implausibly large");
@@ -649,17 +680,16 @@ Array read_npy(const std::filesystem::path& path) {
                     std::to_string(file_size - header_size) + " bytes after the header");
     }
     Array raw(header.info.dtype, header.info.shape);
-    zip::pread_with_crc(fd, raw.data(), static_cast<std::size_t>(data_size), header_size, 0,
-                        where);
+    zip::pread_with_crc(fd, raw.data(), static_cast<std::size_t>(data_size), header_size, 0, where);
     return finish_array(std::move(raw), header.info);
 }
 
 void write_npy(const std::filesystem::path& path, const Array& array) {
     AtomicFile file(path);
     std::string header = format_npy_header(array.dtype(), array.shape());
-    for (auto [data, size] : {std::pair{reinterpret_cast<const std::byte*>(header.data()),
-                                        header.size()},
-                              std::pair{array.data(), static_cast<std::size_t>(array.byte_size())}}) {
+    for (auto [data, size] :
+         {std::pair{reinterpret_cast<const std::byte*>(header.data()), header.size()},
+          std::pair{array.data(), static_cast<std::size_t>(array.byte_size())}}) {
         while (size > 0) {
             ssize_t n = ::write(file.fd(), data, std::min<std::size_t>(size, std::size_t{1} << 30));
             if (n < 0) {
@@ -723,7 +753,8 @@ void Reader::open_from_fd() {
         std::string member_where = m_display_name + ": member '" + entry.name + "'";
         constexpr std::string_view k_suffix = ".npy";
         if (entry.name.size() <= k_suffix.size() ||
-            entry.name.compare(entry.name.size() - k_suffix.size(), k_suffix.size(), k_suffix) != 0) {
+            entry.name.compare(entry.name.size() - k_suffix.size(), k_suffix.size(), k_suffix) !=
+                0) {
             throw Error(member_where +
                         " is not a .npy array (every member of an .npz is named <key>.npy)");
         }
@@ -743,8 +774,8 @@ void Reader::open_from_fd() {
         MemberInfo member;
         member.member_name = entry.name;
         member.key = std::move(key);
-        member.compression = entry.method == zip::k_method_deflate ? Compression::deflate
-                                                                   : Compression::stored;
+        member.compression =
+            entry.method == zip::k_method_deflate ? Compression::deflate : Compression::stored;
         member.compressed_size = entry.compressed_size;
         member.uncompressed_size = entry.uncompressed_size;
         member.crc32 = entry.crc32;
@@ -757,8 +788,8 @@ void Reader::open_from_fd() {
             throw Error(member_where + ": too short (" + std::to_string(entry.uncompressed_size) +
                         " bytes) to hold an NPY header");
         }
-        std::vector<std::byte> header(
-            std::min<std::size_t>(static_cast<std::size_t>(entry.uncompressed_size), k_npy_prefix_size));
+        std::vector<std::byte> header(std::min<std::size_t>(
+            static_cast<std::size_t>(entry.uncompressed_size), k_npy_prefix_size));
         stream.read(header.data(), header.size());
         std::size_t header_size = npy_header_size(header, member_where);
         if (header_size > entry.uncompressed_size || header_size > k_max_npy_header) {
@@ -775,12 +806,11 @@ void Reader::open_from_fd() {
         member.npy_header_size = header_size;
         std::uint64_t data_size = parsed.info.byte_size();
         if (entry.uncompressed_size - header_size != data_size) {
-            throw Error(member_where + ": header says " +
-                        std::string(dtype_name(parsed.info.dtype)) + " " +
-                        format_shape(parsed.info.shape) + " (" + std::to_string(data_size) +
-                        " bytes of data) but the member holds " +
-                        std::to_string(entry.uncompressed_size - header_size) +
-                        " bytes after the header");
+            throw Error(
+                member_where + ": header says " + std::string(dtype_name(parsed.info.dtype)) + " " +
+                format_shape(parsed.info.shape) + " (" + std::to_string(data_size) +
+                " bytes of data) but the member holds " +
+                std::to_string(entry.uncompressed_size - header_size) + " bytes after the header");
         }
         m_members.push_back(std::move(member));
     }
@@ -816,13 +846,7 @@ std::optional<std::size_t> Reader::find(std::string_view key) const {
 Array Reader::read(std::size_t index) const {
     const MemberInfo& member = m_members.at(index);
     std::string member_where = where(member);
-    zip::Entry entry;
-    entry.name = member.member_name;
-    entry.method = member.compression == Compression::deflate ? zip::k_method_deflate
-                                                              : zip::k_method_stored;
-    entry.compressed_size = member.compressed_size;
-    entry.uncompressed_size = member.uncompressed_size;
-    entry.crc32 = member.crc32;
+    zip::Entry entry = zip_entry(member);
 
     Array raw(member.array.dtype, member.array.shape);
     std::size_t data_size = static_cast<std::size_t>(raw.byte_size());
@@ -865,12 +889,7 @@ ParameterSet Reader::read_all() const {
 void Reader::verify(std::size_t index) const {
     const MemberInfo& member = m_members.at(index);
     std::string member_where = where(member);
-    zip::Entry entry;
-    entry.name = member.member_name;
-    entry.method = member.compression == Compression::deflate ? zip::k_method_deflate
-                                                              : zip::k_method_stored;
-    entry.compressed_size = member.compressed_size;
-    entry.uncompressed_size = member.uncompressed_size;
+    zip::Entry entry = zip_entry(member);
     zip::MemberReader stream(m_fd, entry, member.data_offset, member_where);
     std::vector<std::byte> block(static_cast<std::size_t>(
         std::min<std::uint64_t>(member.uncompressed_size, std::uint64_t{4} << 20)));

@@ -36,7 +36,9 @@ constexpr std::size_t k_io_block = std::size_t{1} << 20;
 // Below this, threads cost more than they save.
 constexpr std::size_t k_parallel_threshold = std::size_t{8} << 20;
 
-std::uint16_t get16(const unsigned char* p) { return static_cast<std::uint16_t>(p[0] | p[1] << 8); }
+std::uint16_t get16(const unsigned char* p) {
+    return static_cast<std::uint16_t>(p[0] | p[1] << 8);
+}
 std::uint32_t get32(const unsigned char* p) {
     return static_cast<std::uint32_t>(p[0]) | static_cast<std::uint32_t>(p[1]) << 8 |
            static_cast<std::uint32_t>(p[2]) << 16 | static_cast<std::uint32_t>(p[3]) << 24;
@@ -132,8 +134,8 @@ std::uint32_t crc32(std::uint32_t crc, const std::byte* data, std::size_t size) 
     return static_cast<std::uint32_t>(value);
 }
 
-std::uint32_t pread_with_crc(int fd, std::byte* destination, std::size_t size,
-                             std::uint64_t offset, std::uint32_t crc, const std::string& where) {
+std::uint32_t pread_with_crc(int fd, std::byte* destination, std::size_t size, std::uint64_t offset,
+                             std::uint32_t crc, const std::string& where) {
     unsigned parts = worker_count(size);
     std::vector<std::uint32_t> partial(parts, 0);
     std::vector<std::size_t> lengths(parts, 0);
@@ -257,8 +259,8 @@ Directory read_directory(int fd, std::uint64_t file_size, const std::string& whe
     std::size_t position = 0;
     for (std::uint64_t index = 0; index < count; ++index) {
         auto entry_error = [&](const std::string& what) {
-            return Error(where + ": corrupt zip central directory entry " +
-                         std::to_string(index) + ": " + what);
+            return Error(where + ": corrupt zip central directory entry " + std::to_string(index) +
+                         ": " + what);
         };
         if (position + k_central_header_size > directory.size()) {
             throw entry_error("runs past the end of the directory");
@@ -276,7 +278,8 @@ Directory read_directory(int fd, std::uint64_t file_size, const std::string& whe
         std::size_t comment_length = get16(header + 32);
         std::uint32_t start_disk = get16(header + 34);
         entry.local_header_offset = get32(header + 42);
-        std::size_t record_size = k_central_header_size + name_length + extra_length + comment_length;
+        std::size_t record_size =
+            k_central_header_size + name_length + extra_length + comment_length;
         if (position + record_size > directory.size()) {
             throw entry_error("name/extra fields run past the end of the directory");
         }
@@ -298,7 +301,8 @@ Directory read_directory(int fd, std::uint64_t file_size, const std::string& whe
                 const unsigned char* field = extra + at + 4;
                 std::size_t left = size;
                 auto take64 = [&](std::uint64_t& value) {
-                    if (left < 8) throw entry_error("short zip64 extra field ('" + entry.name + "')");
+                    if (left < 8)
+                        throw entry_error("short zip64 extra field ('" + entry.name + "')");
                     value = get64(field);
                     field += 8;
                     left -= 8;
@@ -307,7 +311,8 @@ Directory read_directory(int fd, std::uint64_t file_size, const std::string& whe
                 if (entry.compressed_size == k_max32) take64(entry.compressed_size);
                 if (entry.local_header_offset == k_max32) take64(entry.local_header_offset);
                 if (start_disk == k_max16) {
-                    if (left < 4) throw entry_error("short zip64 extra field ('" + entry.name + "')");
+                    if (left < 4)
+                        throw entry_error("short zip64 extra field ('" + entry.name + "')");
                     start_disk = get32(field);
                 }
             }
@@ -320,8 +325,8 @@ Directory read_directory(int fd, std::uint64_t file_size, const std::string& whe
     return result;
 }
 
-std::uint64_t data_offset(int fd, std::uint64_t file_size, const Entry& entry,
-                          std::uint64_t limit, const std::string& where) {
+std::uint64_t data_offset(int fd, std::uint64_t file_size, const Entry& entry, std::uint64_t limit,
+                          const std::string& where) {
     std::string member = where + ": member '" + entry.name + "'";
     if (entry.local_header_offset + k_local_header_size > std::min(file_size, limit)) {
         throw Error(member + ": local header offset " + std::to_string(entry.local_header_offset) +
@@ -339,12 +344,13 @@ std::uint64_t data_offset(int fd, std::uint64_t file_size, const Entry& entry,
         throw Error(member + ": local header names a different member");
     }
     std::string local_name(name_length, '\0');
-    pread_exact(fd, local_name.data(), name_length,
-                entry.local_header_offset + k_local_header_size, member);
+    pread_exact(fd, local_name.data(), name_length, entry.local_header_offset + k_local_header_size,
+                member);
     if (local_name != entry.name) {
         throw Error(member + ": local header names a different member ('" + local_name + "')");
     }
-    std::uint64_t offset = entry.local_header_offset + k_local_header_size + name_length + extra_length;
+    std::uint64_t offset =
+        entry.local_header_offset + k_local_header_size + name_length + extra_length;
     if (offset > limit || entry.compressed_size > limit - offset) {
         throw Error(member + ": data (" + std::to_string(entry.compressed_size) +
                     " bytes at offset " + std::to_string(offset) +
@@ -361,8 +367,7 @@ struct MemberReader::Inflater {
     bool ended = false;
 };
 
-MemberReader::MemberReader(int fd, const Entry& entry, std::uint64_t data_offset,
-                           std::string where)
+MemberReader::MemberReader(int fd, const Entry& entry, std::uint64_t data_offset, std::string where)
     : m_fd(fd),
       m_entry(entry),
       m_next_input_offset(data_offset),
@@ -403,7 +408,8 @@ MemberReader::~MemberReader() {
 
 void MemberReader::refill_input() {
     auto& input = m_inflater->input;
-    std::size_t chunk = static_cast<std::size_t>(std::min<std::uint64_t>(m_input_left, input.size()));
+    std::size_t chunk =
+        static_cast<std::size_t>(std::min<std::uint64_t>(m_input_left, input.size()));
     pread_exact(m_fd, input.data(), chunk, m_next_input_offset, m_where);
     m_next_input_offset += chunk;
     m_input_left -= chunk;
@@ -440,14 +446,7 @@ void MemberReader::read(std::byte* destination, std::size_t size) {
                 m_inflater->ended = true;
                 break;
             }
-            if (status == Z_BUF_ERROR && stream.avail_in == 0 && m_input_left == 0) {
-                throw Error(m_where + ": compressed data is truncated");
-            }
-            if (status != Z_OK && status != Z_BUF_ERROR) {
-                throw Error(m_where + ": corrupt deflate data (" +
-                            (stream.msg ? std::string(stream.msg) : "zlib error " + std::to_string(status)) +
-                            ")");
-            }
+            check_inflate_status(status);
         }
         destination += chunk;
         size -= chunk;
@@ -473,14 +472,19 @@ void MemberReader::finish() {
             m_inflater->ended = true;
             return;
         }
-        if (status == Z_BUF_ERROR && stream.avail_in == 0 && m_input_left == 0) {
-            throw Error(m_where + ": compressed data is truncated");
-        }
-        if (status != Z_OK && status != Z_BUF_ERROR) {
-            throw Error(m_where + ": corrupt deflate data (" +
-                        (stream.msg ? std::string(stream.msg) : "zlib error " + std::to_string(status)) +
-                        ")");
-        }
+        check_inflate_status(status);
+    }
+}
+
+void MemberReader::check_inflate_status(int status) const {
+    const auto& stream = m_inflater->stream;
+    if (status == Z_BUF_ERROR && stream.avail_in == 0 && m_input_left == 0) {
+        throw Error(m_where + ": compressed data is truncated");
+    }
+    if (status != Z_OK && status != Z_BUF_ERROR) {
+        throw Error(
+            m_where + ": corrupt deflate data (" +
+            (stream.msg ? std::string(stream.msg) : "zlib error " + std::to_string(status)) + ")");
     }
 }
 
@@ -567,8 +571,8 @@ void Writer::patch_crc(const Entry& entry) {
     }
 }
 
-void Writer::add_deflate(const std::string& name,
-                         std::span<const std::span<const std::byte>> parts, int level) {
+void Writer::add_deflate(const std::string& name, std::span<const std::span<const std::byte>> parts,
+                         int level) {
     if (name.size() > k_max16) throw Error(m_where + ": member name too long: " + name);
     Entry entry;
     entry.name = name;
@@ -628,7 +632,8 @@ void Writer::add_deflate(const std::string& name,
         throw Error(m_where + ": member '" + name + "' compressed to over 4 GiB; write it stored");
     }
     auto header = local_header(entry, zip64);
-    if (::pwrite(m_fd, header.data(), header.size(), static_cast<off_t>(entry.local_header_offset)) !=
+    if (::pwrite(m_fd, header.data(), header.size(),
+                 static_cast<off_t>(entry.local_header_offset)) !=
         static_cast<ssize_t>(header.size())) {
         throw Error(m_where + ": write failed: " + std::strerror(errno));
     }
@@ -640,8 +645,8 @@ void Writer::finish() {
     std::vector<std::byte> directory;
     for (const auto& written : m_written) {
         const Entry& entry = written.entry;
-        bool big_sizes = m_force_zip64 || entry.uncompressed_size >= k_max32 ||
-                         entry.compressed_size >= k_max32;
+        bool big_sizes =
+            m_force_zip64 || entry.uncompressed_size >= k_max32 || entry.compressed_size >= k_max32;
         bool big_offset = m_force_zip64 || entry.local_header_offset >= k_max32;
         bool zip64 = big_sizes || big_offset;
         std::uint16_t version = zip64 || written.zip64_local ? 45 : 20;
@@ -656,13 +661,15 @@ void Writer::finish() {
         put32(directory, big_sizes ? k_max32 : static_cast<std::uint32_t>(entry.compressed_size));
         put32(directory, big_sizes ? k_max32 : static_cast<std::uint32_t>(entry.uncompressed_size));
         put16(directory, static_cast<std::uint16_t>(entry.name.size()));
-        std::uint16_t extra_size = static_cast<std::uint16_t>((big_sizes ? 16 : 0) + (big_offset ? 8 : 0));
+        std::uint16_t extra_size =
+            static_cast<std::uint16_t>((big_sizes ? 16 : 0) + (big_offset ? 8 : 0));
         put16(directory, zip64 ? static_cast<std::uint16_t>(4 + extra_size) : 0);
-        put16(directory, 0);                      // comment length
-        put16(directory, 0);                      // disk number start
-        put16(directory, 0);                      // internal attributes
-        put32(directory, 0100644u << 16);         // regular file, rw-r--r--
-        put32(directory, big_offset ? k_max32 : static_cast<std::uint32_t>(entry.local_header_offset));
+        put16(directory, 0);               // comment length
+        put16(directory, 0);               // disk number start
+        put16(directory, 0);               // internal attributes
+        put32(directory, 0100644u << 16);  // regular file, rw-r--r--
+        put32(directory,
+              big_offset ? k_max32 : static_cast<std::uint32_t>(entry.local_header_offset));
         put_bytes(directory, entry.name);
         if (zip64) {
             put16(directory, k_zip64_extra_id);

@@ -43,14 +43,14 @@ Directory read_directory(int fd, std::uint64_t file_size, const std::string& whe
 
 /// Reads the local header of `entry` and returns the file offset of its data; checks that
 /// the local header is sane and that the data lies within the file.
-std::uint64_t data_offset(int fd, std::uint64_t file_size, const Entry& entry,
-                          std::uint64_t limit, const std::string& where);
+std::uint64_t data_offset(int fd, std::uint64_t file_size, const Entry& entry, std::uint64_t limit,
+                          const std::string& where);
 
 /// Streaming reader of one member's uncompressed bytes (stored or deflate) from a file range.
 /// Checks that a deflate stream ends exactly at the declared size and within its
 /// compressed size. Does not check the CRC: callers do, over the bytes they receive.
 class MemberReader {
-public:
+  public:
     MemberReader(int fd, const Entry& entry, std::uint64_t data_offset, std::string where);
     ~MemberReader();
     MemberReader(const MemberReader&) = delete;
@@ -63,8 +63,10 @@ public:
     /// After all data has been read: throws if a deflate stream has more output.
     void finish();
 
-private:
+  private:
     void refill_input();
+    /// Throws for an inflate() status that means truncated or corrupt data.
+    void check_inflate_status(int status) const;
 
     int m_fd;
     Entry m_entry;
@@ -81,12 +83,12 @@ std::uint32_t crc32(std::uint32_t crc, const std::byte* data, std::size_t size);
 
 /// pread_exact() of a large range on several threads, each also computing the CRC-32 of its
 /// part while the data is hot in cache. Returns crc32(crc, destination, size).
-std::uint32_t pread_with_crc(int fd, std::byte* destination, std::size_t size,
-                             std::uint64_t offset, std::uint32_t crc, const std::string& where);
+std::uint32_t pread_with_crc(int fd, std::byte* destination, std::size_t size, std::uint64_t offset,
+                             std::uint32_t crc, const std::string& where);
 
 /// Writes a zip archive to a descriptor, member by member.
 class Writer {
-public:
+  public:
     Writer(int fd, bool force_zip64, std::string where);
 
     /// Writes a stored member made of `parts` (e.g. an NPY header and the array data).
@@ -97,7 +99,7 @@ public:
     /// Writes the central directory and end records. Call once, last.
     void finish();
 
-private:
+  private:
     struct Written {
         Entry entry;
         bool zip64_local = false;
