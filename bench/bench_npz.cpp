@@ -50,13 +50,20 @@ Options parse(int argc, char** argv) {
         std::string flag = argv[i];
         if (i + 1 >= argc) usage(argv[0]);
         std::string value = argv[++i];
-        if (flag == "--megabytes") options.megabytes = std::stod(value);
-        else if (flag == "--arrays") options.arrays = std::stoi(value);
-        else if (flag == "--repeat") options.repeat = std::stoi(value);
-        else if (flag == "--python") options.python = value;
-        else if (flag == "--dir") options.dir = value;
-        else if (flag == "--ceiling") options.ceiling = std::stod(value);
-        else usage(argv[0]);
+        if (flag == "--megabytes")
+            options.megabytes = std::stod(value);
+        else if (flag == "--arrays")
+            options.arrays = std::stoi(value);
+        else if (flag == "--repeat")
+            options.repeat = std::stoi(value);
+        else if (flag == "--python")
+            options.python = value;
+        else if (flag == "--dir")
+            options.dir = value;
+        else if (flag == "--ceiling")
+            options.ceiling = std::stod(value);
+        else
+            usage(argv[0]);
     }
     if (options.arrays < 1 || options.repeat < 1 || options.megabytes <= 0) usage(argv[0]);
     return options;
@@ -98,7 +105,8 @@ int main(int argc, char** argv) {
     std::filesystem::path dir = options.dir;
     bool own_dir = dir.empty();
     if (own_dir) {
-        std::string pattern = (std::filesystem::temp_directory_path() / "bench_npz.XXXXXX").string();
+        std::string pattern =
+            (std::filesystem::temp_directory_path() / "bench_npz.XXXXXX").string();
         if (!mkdtemp(pattern.data())) {
             std::perror("mkdtemp");
             return 2;
@@ -110,9 +118,8 @@ int main(int argc, char** argv) {
     auto fedcli_out = dir / "fedcli-out.npz";
 
     std::string command = options.python + " -c '" + k_numpy_script + "' " + reference.string() +
-                          " " + numpy_out.string() + " " + std::to_string(options.megabytes) +
-                          " " + std::to_string(options.arrays) + " " +
-                          std::to_string(options.repeat);
+                          " " + numpy_out.string() + " " + std::to_string(options.megabytes) + " " +
+                          std::to_string(options.arrays) + " " + std::to_string(options.repeat);
     FILE* pipe = popen(command.c_str(), "r");
     double numpy_read = 0, numpy_write = 0;
     char line[256];
@@ -157,12 +164,12 @@ int main(int argc, char** argv) {
     double write_ratio = best_write / numpy_write;
     std::printf("npz: %d arrays, %.1f MB of float32, best of %d\n", options.arrays, gb * 1e3,
                 options.repeat);
-    std::printf("  read   fedcli %.3f s (%.2f GB/s)   numpy np.load  %.3f s (%.2f GB/s)\n", best_read,
-                gb / best_read, numpy_read, gb / numpy_read);
+    std::printf("  read   fedcli %.3f s (%.2f GB/s)   numpy np.load  %.3f s (%.2f GB/s)\n",
+                best_read, gb / best_read, numpy_read, gb / numpy_read);
     std::printf("  write  fedcli %.3f s (%.2f GB/s)   numpy np.savez %.3f s (%.2f GB/s)\n",
                 best_write, gb / best_write, numpy_write, gb / numpy_write);
-    std::printf("  read ratio fedcli/numpy = %.2f (ceiling %.2f) %s\n", read_ratio,
-                options.ceiling, read_ratio <= options.ceiling ? "ok" : "ABOVE CEILING");
+    std::printf("  read ratio fedcli/numpy = %.2f (ceiling %.2f) %s\n", read_ratio, options.ceiling,
+                read_ratio <= options.ceiling ? "ok" : "ABOVE CEILING");
     std::printf("  write ratio fedcli/numpy = %.2f (ceiling %.2f) %s\n", write_ratio,
                 options.ceiling, write_ratio <= options.ceiling ? "ok" : "ABOVE CEILING");
     std::printf("  outputs identical: %s\n", same ? "yes" : "NO");

@@ -46,8 +46,9 @@ Action setup_create(CLI::App& command, const Streams& streams) {
     command.add_option("--output,-o", options->output, "Package file to write")
         ->type_name("FILE")
         ->capture_default_str();
-    command.add_option("--exclude", options->excludes,
-                       "Leave out paths matching this gitignore pattern (repeatable)")
+    command
+        .add_option("--exclude", options->excludes,
+                    "Leave out paths matching this gitignore pattern (repeatable)")
         ->type_name("PATTERN");
     command.add_flag("--no-default-ignores", options->no_default_ignores,
                      "Do not leave out .git/, __pycache__/ and .fedcli/ by default");

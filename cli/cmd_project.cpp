@@ -96,8 +96,7 @@ int project_init(const ProjectInitOptions& options, std::ostream& out) {
         << "  fedcli run build --path " << path << "\n"
         << "  fedcli run train --path " << path << " --input " << path
         << "/seed.npz --output update.npz\n"
-        << "  fedcli run validate --path " << path
-        << " --input update.npz --output metrics.json\n";
+        << "  fedcli run validate --path " << path << " --input update.npz --output metrics.json\n";
     return 0;
 }
 

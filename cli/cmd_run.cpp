@@ -76,8 +76,8 @@ int run_entry(const RunOptions& options, const Streams& streams) {
     if (!options.data_path.empty()) request.data_path = options.data_path;
     if (!options.python.empty()) request.python = options.python;
     if (options.timeout_seconds > 0) {
-        request.timeout = std::chrono::milliseconds(
-            static_cast<std::int64_t>(options.timeout_seconds * 1000));
+        request.timeout =
+            std::chrono::milliseconds(static_cast<std::int64_t>(options.timeout_seconds * 1000));
     }
     request.extra_args = options.extra_args;
     request.log_file = options.log.empty()
@@ -140,8 +140,9 @@ Action setup_entry(CLI::App& command, const Streams& streams, const char* entry_
             ->required();
     }
     if (name == "build") {
-        command.add_option("--output,-o", options->output,
-                           "Where the seed model goes (default: <project>/seed.npz)")
+        command
+            .add_option("--output,-o", options->output,
+                        "Where the seed model goes (default: <project>/seed.npz)")
             ->type_name("FILE");
     } else if (takes_input) {
         command
@@ -152,20 +153,24 @@ Action setup_entry(CLI::App& command, const Streams& streams, const char* entry_
             ->required();
     }
     if (name == "train") {
-        command.add_option("--settings", options->settings,
-                           "Round settings for INPUT-metadata: JSON text or @FILE (default {})")
+        command
+            .add_option("--settings", options->settings,
+                        "Round settings for INPUT-metadata: JSON text or @FILE (default {})")
             ->type_name("JSON");
     }
-    command.add_option("--timeout", options->timeout_seconds,
-                       "Stop the entry point (and its children) after this many seconds")
+    command
+        .add_option("--timeout", options->timeout_seconds,
+                    "Stop the entry point (and its children) after this many seconds")
         ->type_name("SECONDS")
         ->check(CLI::PositiveNumber);
-    command.add_option("--client-index", options->client_index,
-                       "FEDCLI_CLIENT_INDEX: this client's 0-based index")
+    command
+        .add_option("--client-index", options->client_index,
+                    "FEDCLI_CLIENT_INDEX: this client's 0-based index")
         ->type_name("N")
         ->check(CLI::NonNegativeNumber);
-    command.add_option("--num-clients", options->num_clients,
-                       "FEDCLI_NUM_CLIENTS: how many clients share the data")
+    command
+        .add_option("--num-clients", options->num_clients,
+                    "FEDCLI_NUM_CLIENTS: how many clients share the data")
         ->type_name("N")
         ->check(CLI::PositiveNumber);
     command.add_option("--client-name", options->client_name, "FEDCLI_CLIENT_NAME")
@@ -175,15 +180,18 @@ Action setup_entry(CLI::App& command, const Streams& streams, const char* entry_
         ->check(CLI::NonNegativeNumber);
     command.add_option("--data-path", options->data_path, "FEDCLI_DATA_PATH (and FEDN_DATA_PATH)")
         ->type_name("PATH");
-    command.add_option("--python", options->python,
-                       "Interpreter for a bare python/python3 (default: $FEDCLI_PYTHON, else "
-                       "the first python3 that has numpy)")
+    command
+        .add_option("--python", options->python,
+                    "Interpreter for a bare python/python3 (default: $FEDCLI_PYTHON, else "
+                    "the first python3 that has numpy)")
         ->type_name("PATH");
-    command.add_option("--log", options->log,
-                       "Log file (default: <project>/.fedcli/logs/" + name + ".log)")
+    command
+        .add_option("--log", options->log,
+                    "Log file (default: <project>/.fedcli/logs/" + name + ".log)")
         ->type_name("FILE");
-    command.add_option("--arg", options->extra_args,
-                       "Extra argument appended to the command (repeatable)")
+    command
+        .add_option("--arg", options->extra_args,
+                    "Extra argument appended to the command (repeatable)")
         ->type_name("ARG");
     command.add_flag("--quiet,-q", options->quiet, "Do not stream the entry point's output");
     return [options, streams] { return run_entry(*options, streams); };

@@ -14,13 +14,11 @@
 namespace fedcli {
 
 class Error : public std::runtime_error {
-public:
+  public:
     explicit Error(const std::string& message) : std::runtime_error(message) {}
 
     /// Returns a copy whose message is "<context>: <this message>".
-    Error with_context(const std::string& context) const {
-        return Error(context + ": " + what());
-    }
+    Error with_context(const std::string& context) const { return Error(context + ": " + what()); }
 };
 
 }  // namespace fedcli

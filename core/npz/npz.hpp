@@ -65,7 +65,7 @@ bool dtype_is_float(DType dtype);
 /// with MADV_HUGEPAGE, because first touch of fresh 4 KiB pages is very slow on the VMs we
 /// run on. Move-only.
 class Buffer {
-public:
+  public:
     Buffer() = default;
     explicit Buffer(std::size_t size);
     ~Buffer();
@@ -78,7 +78,7 @@ public:
     const std::byte* data() const { return m_data; }
     std::size_t size() const { return m_size; }
 
-private:
+  private:
     void release() noexcept;
 
     std::byte* m_data = nullptr;
@@ -95,7 +95,7 @@ std::string format_shape(const Shape& shape);
 
 /// An n-dimensional array: dtype, shape and C-order little-endian data.
 class Array {
-public:
+  public:
     Array() = default;
     /// Allocates uninitialised storage for the given dtype and shape.
     Array(DType dtype, Shape shape);
@@ -117,7 +117,7 @@ public:
     /// Deep copy.
     Array clone() const;
 
-private:
+  private:
     DType m_dtype = DType::float32;
     Shape m_shape;
     std::uint64_t m_size = 0;
@@ -134,7 +134,7 @@ enum class KeyConvention {
 /// Ordered named arrays: a model's parameters. Order is significant (FEDn maps keys "0".."N"
 /// to layers by index) and names are unique.
 class ParameterSet {
-public:
+  public:
     struct Entry {
         std::string name;
         Array array;
@@ -160,7 +160,7 @@ public:
     std::uint64_t total_bytes() const;
     KeyConvention key_convention() const;
 
-private:
+  private:
     std::vector<Entry> m_entries;
     std::unordered_map<std::string, std::size_t> m_index;  // name -> position
 };
@@ -248,7 +248,7 @@ struct MemberInfo {
 /// ("arr_0".."arr_N-1") convention are put in index order, as FEDn's numpyhelper and
 /// np.load(...)["arr_i"] interpret them.
 class Reader {
-public:
+  public:
     explicit Reader(const std::filesystem::path& path, ReadOptions options = {});
     /// Reads from an open descriptor (not owned, must stay open); `display_name` is used in
     /// error messages.
@@ -271,7 +271,7 @@ public:
     /// without keeping its data; throws on any corruption.
     void verify(std::size_t index) const;
 
-private:
+  private:
     void open_from_fd();
     std::string where(const MemberInfo& member) const;
 
@@ -303,18 +303,30 @@ ParameterSet read_parameters(const std::filesystem::path& path, const ReadOption
 template <class T>
 constexpr DType dtype_of() {
     using U = std::remove_cv_t<T>;
-    if constexpr (std::is_same_v<U, float>) return DType::float32;
-    else if constexpr (std::is_same_v<U, double>) return DType::float64;
-    else if constexpr (std::is_same_v<U, std::int8_t>) return DType::int8;
-    else if constexpr (std::is_same_v<U, std::int16_t>) return DType::int16;
-    else if constexpr (std::is_same_v<U, std::int32_t>) return DType::int32;
-    else if constexpr (std::is_same_v<U, std::int64_t>) return DType::int64;
-    else if constexpr (std::is_same_v<U, std::uint8_t>) return DType::uint8;
-    else if constexpr (std::is_same_v<U, std::uint16_t>) return DType::uint16;
-    else if constexpr (std::is_same_v<U, std::uint32_t>) return DType::uint32;
-    else if constexpr (std::is_same_v<U, std::uint64_t>) return DType::uint64;
-    else if constexpr (std::is_same_v<U, bool>) return DType::boolean;
-    else static_assert(sizeof(T) == 0, "no npz dtype for this type");
+    if constexpr (std::is_same_v<U, float>)
+        return DType::float32;
+    else if constexpr (std::is_same_v<U, double>)
+        return DType::float64;
+    else if constexpr (std::is_same_v<U, std::int8_t>)
+        return DType::int8;
+    else if constexpr (std::is_same_v<U, std::int16_t>)
+        return DType::int16;
+    else if constexpr (std::is_same_v<U, std::int32_t>)
+        return DType::int32;
+    else if constexpr (std::is_same_v<U, std::int64_t>)
+        return DType::int64;
+    else if constexpr (std::is_same_v<U, std::uint8_t>)
+        return DType::uint8;
+    else if constexpr (std::is_same_v<U, std::uint16_t>)
+        return DType::uint16;
+    else if constexpr (std::is_same_v<U, std::uint32_t>)
+        return DType::uint32;
+    else if constexpr (std::is_same_v<U, std::uint64_t>)
+        return DType::uint64;
+    else if constexpr (std::is_same_v<U, bool>)
+        return DType::boolean;
+    else
+        static_assert(sizeof(T) == 0, "no npz dtype for this type");
 }
 
 /// Throws fedcli::Error("array is <actual>, not <wanted>").

@@ -44,15 +44,24 @@ void write_json(const nlohmann::json& document, const std::filesystem::path& pat
 
 ::torch::ScalarType tensor_type(npz::DType dtype) {
     switch (dtype) {
-        case npz::DType::float16: return ::torch::kFloat16;
-        case npz::DType::float32: return ::torch::kFloat32;
-        case npz::DType::float64: return ::torch::kFloat64;
-        case npz::DType::int8: return ::torch::kInt8;
-        case npz::DType::int16: return ::torch::kInt16;
-        case npz::DType::int32: return ::torch::kInt32;
-        case npz::DType::int64: return ::torch::kInt64;
-        case npz::DType::uint8: return ::torch::kUInt8;
-        case npz::DType::boolean: return ::torch::kBool;
+        case npz::DType::float16:
+            return ::torch::kFloat16;
+        case npz::DType::float32:
+            return ::torch::kFloat32;
+        case npz::DType::float64:
+            return ::torch::kFloat64;
+        case npz::DType::int8:
+            return ::torch::kInt8;
+        case npz::DType::int16:
+            return ::torch::kInt16;
+        case npz::DType::int32:
+            return ::torch::kInt32;
+        case npz::DType::int64:
+            return ::torch::kInt64;
+        case npz::DType::uint8:
+            return ::torch::kUInt8;
+        case npz::DType::boolean:
+            return ::torch::kBool;
         default:
             throw Error("dtype " + std::string(npz::dtype_name(dtype)) +
                         " has no torch tensor type");
@@ -61,15 +70,24 @@ void write_json(const nlohmann::json& document, const std::filesystem::path& pat
 
 npz::DType npz_dtype(::torch::ScalarType type) {
     switch (type) {
-        case ::torch::kFloat16: return npz::DType::float16;
-        case ::torch::kFloat32: return npz::DType::float32;
-        case ::torch::kFloat64: return npz::DType::float64;
-        case ::torch::kInt8: return npz::DType::int8;
-        case ::torch::kInt16: return npz::DType::int16;
-        case ::torch::kInt32: return npz::DType::int32;
-        case ::torch::kInt64: return npz::DType::int64;
-        case ::torch::kUInt8: return npz::DType::uint8;
-        case ::torch::kBool: return npz::DType::boolean;
+        case ::torch::kFloat16:
+            return npz::DType::float16;
+        case ::torch::kFloat32:
+            return npz::DType::float32;
+        case ::torch::kFloat64:
+            return npz::DType::float64;
+        case ::torch::kInt8:
+            return npz::DType::int8;
+        case ::torch::kInt16:
+            return npz::DType::int16;
+        case ::torch::kInt32:
+            return npz::DType::int32;
+        case ::torch::kInt64:
+            return npz::DType::int64;
+        case ::torch::kUInt8:
+            return npz::DType::uint8;
+        case ::torch::kBool:
+            return npz::DType::boolean;
         default:
             throw Error(std::string("tensor type ") + c10::toString(type) +
                         " cannot be stored in an .npz parameter file");
@@ -106,8 +124,7 @@ void from_parameters(::torch::nn::Module& module, const npz::ParameterSet& param
     std::vector<const npz::Array*> sources;
     for (std::size_t i = 0; i < entries.size(); ++i) {
         const auto& [name, tensor] = entries[i];
-        const npz::Array* array =
-            by_position ? &parameters[i].array : parameters.find(name);
+        const npz::Array* array = by_position ? &parameters[i].array : parameters.find(name);
         std::string label = by_position ? "array \"" + parameters[i].name + "\" (" + name + ")"
                                         : "array \"" + name + "\"";
         if (!array) throw Error(label + " is missing from the parameter file");

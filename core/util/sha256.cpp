@@ -23,9 +23,13 @@ Sha256::Sha256() : m_state(std::make_unique<State>()) {
     }
 }
 
-Sha256::~Sha256() { EVP_MD_CTX_free(m_state->context); }
+Sha256::~Sha256() {
+    EVP_MD_CTX_free(m_state->context);
+}
 
-void Sha256::update(std::span<const std::byte> bytes) { update(bytes.data(), bytes.size()); }
+void Sha256::update(std::span<const std::byte> bytes) {
+    update(bytes.data(), bytes.size());
+}
 
 void Sha256::update(const void* data, std::size_t size) {
     if (size != 0 && EVP_DigestUpdate(m_state->context, data, size) != 1) {

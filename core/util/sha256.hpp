@@ -16,7 +16,7 @@ namespace fedcli::util {
 
 /// Incremental SHA-256.
 class Sha256 {
-public:
+  public:
     Sha256();
     ~Sha256();
     Sha256(const Sha256&) = delete;
@@ -27,7 +27,7 @@ public:
     /// Finishes and returns the lowercase hex digest (64 characters). Call once.
     std::string hex_digest();
 
-private:
+  private:
     struct State;
     std::unique_ptr<State> m_state;
 };

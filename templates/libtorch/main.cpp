@@ -55,13 +55,15 @@ torch::Tensor read_idx(const std::string& name) {
     std::string path = dataset_folder() + "/" + name;
     gzFile file = gzopen(path.c_str(), "rb");
     if (!file) {
-        throw fedcli::Error(path + " is missing: install Debian's dataset-fashion-mnist or set "
-                                   "FEDCLI_FASHION_MNIST");
+        throw fedcli::Error(path +
+                            " is missing: install Debian's dataset-fashion-mnist or set "
+                            "FEDCLI_FASHION_MNIST");
     }
     std::vector<unsigned char> content;
     unsigned char block[1 << 16];
     int n;
-    while ((n = gzread(file, block, sizeof block)) > 0) content.insert(content.end(), block, block + n);
+    while ((n = gzread(file, block, sizeof block)) > 0)
+        content.insert(content.end(), block, block + n);
     gzclose(file);
     if (content.size() < 4) throw fedcli::Error(path + ": not an idx file");
     int dimensions = content[3];
@@ -137,16 +139,20 @@ int train(const std::string& input, const std::string& output) {
             auto batch = order.slice(0, start, std::min(start + batch_size, examples));
             optimizer.zero_grad();
             auto loss = torch::nn::functional::cross_entropy(
-                net.forward(data.x_train.index_select(0, batch)), data.y_train.index_select(0, batch));
+                net.forward(data.x_train.index_select(0, batch)),
+                data.y_train.index_select(0, batch));
             loss.backward();
             optimizer.step();
         }
     }
     fedcli::torch::save(net, output);
     auto [loss, accuracy] = evaluate(net, data.x_train, data.y_train);
-    fedcli::torch::save_metadata({{"num_examples", examples}, {"epochs", epochs},
-                                  {"batch_size", batch_size}, {"learning_rate", learning_rate},
-                                  {"training_loss", loss}, {"training_accuracy", accuracy}},
+    fedcli::torch::save_metadata({{"num_examples", examples},
+                                  {"epochs", epochs},
+                                  {"batch_size", batch_size},
+                                  {"learning_rate", learning_rate},
+                                  {"training_loss", loss},
+                                  {"training_accuracy", accuracy}},
                                  output);
     std::cout << "trained on " << examples << " examples: loss " << loss << ", accuracy "
               << accuracy << "\n";
@@ -183,7 +189,8 @@ int predict(const std::string& input, const std::string& output) {
 }
 
 int usage() {
-    std::cerr << "usage: fedcli-entry build [OUTPUT] | startup | train|validate|predict INPUT OUTPUT\n";
+    std::cerr
+        << "usage: fedcli-entry build [OUTPUT] | startup | train|validate|predict INPUT OUTPUT\n";
     return 2;
 }
 
@@ -205,9 +212,8 @@ int main(int argc, char** argv) {
         if (command == "startup") {
             Data data = load_data();
             std::cout << "client " << environment_number("FEDCLI_CLIENT_INDEX", 0) << "/"
-                      << environment_number("FEDCLI_NUM_CLIENTS", 1) << ": "
-                      << data.x_train.size(0) << " training and " << data.x_test.size(0)
-                      << " test examples\n";
+                      << environment_number("FEDCLI_NUM_CLIENTS", 1) << ": " << data.x_train.size(0)
+                      << " training and " << data.x_test.size(0) << " test examples\n";
             return 0;
         }
         if (argc != 4) return usage();

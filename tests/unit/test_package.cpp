@@ -290,9 +290,9 @@ TEST_CASE("create then extract round-trips content, exec bits, folders and symli
     CHECK(extracted.total_bytes == result.content_bytes);
 
     auto expected = snapshot(project);
-    for (const char* left_out : {"data", "data/train.csv", "debug.log", "__pycache__",
-                                 "__pycache__/train.cpython-311.pyc", ".git", ".git/HEAD",
-                                 ".fedcli", ".fedcli/logs", ".fedcli/logs/train.log"}) {
+    for (const char* left_out :
+         {"data", "data/train.csv", "debug.log", "__pycache__", "__pycache__/train.cpython-311.pyc",
+          ".git", ".git/HEAD", ".fedcli", ".fedcli/logs", ".fedcli/logs/train.log"}) {
         CHECK(expected.erase(left_out) == 1);
     }
     auto actual = snapshot(dir / "extracted");

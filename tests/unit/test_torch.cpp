@@ -52,9 +52,10 @@ class Net(torch.nn.Module):
 TEST_CASE("state entries follow PyTorch's state_dict order and names") {
     TempDir dir;
     auto names_file = dir / "names.txt";
-    fedcli::test::run_python(std::string(k_python_net) +
-                                 "open(sys.argv[1], 'w').write('\\n'.join(Net().state_dict().keys()))",
-                             {names_file.string()});
+    fedcli::test::run_python(
+        std::string(k_python_net) +
+            "open(sys.argv[1], 'w').write('\\n'.join(Net().state_dict().keys()))",
+        {names_file.string()});
     Net net;
     std::string expected = fedcli::test::read_file(names_file);
     std::string actual;
