@@ -21,6 +21,15 @@ namespace {
 
 constexpr std::size_t k_block = 256;
 
+/// Loads `count` elements at `offset` of slot `slot` from every source as doubles, source k
+/// at values[k * k_block ...]: the block the robust rules compare across updates.
+void load_block(const std::vector<const Source*>& sources, const Slot& slot_info, std::size_t slot,
+                std::uint64_t offset, std::size_t count, double* values) {
+    for (std::size_t k = 0; k < sources.size(); ++k) {
+        load_doubles(slot_info.dtype, sources[k]->data[slot], offset, values + k * k_block, count);
+    }
+}
+
 class RobustAggregator : public AggregatorBase {
   public:
     using AggregatorBase::AggregatorBase;
@@ -57,10 +66,7 @@ class RobustAggregator : public AggregatorBase {
                 std::uint64_t offset = chunk.offset + done;
                 auto n =
                     static_cast<std::size_t>(std::min<std::uint64_t>(k_block, chunk.count - done));
-                for (std::size_t k = 0; k < count; ++k) {
-                    load_doubles(slot.dtype, all[k]->data[chunk.slot], offset,
-                                 values.data() + k * k_block, n);
-                }
+                load_block(all, slot, chunk.slot, offset, n, values.data());
                 for (std::size_t i = 0; i < n; ++i) {
                     for (std::size_t k = 0; k < count; ++k) column[k] = values[k * k_block + i];
                     out[i] = reduce(column);
@@ -224,10 +230,7 @@ class Krum final : public RobustAggregator {
                 std::uint64_t offset = chunk.offset + done;
                 auto count =
                     static_cast<std::size_t>(std::min<std::uint64_t>(k_block, chunk.count - done));
-                for (std::size_t k = 0; k < n; ++k) {
-                    load_doubles(slot.dtype, all[k]->data[chunk.slot], offset,
-                                 values.data() + k * k_block, count);
-                }
+                load_block(all, slot, chunk.slot, offset, count, values.data());
                 for (std::size_t a = 0; a < n; ++a) {
                     for (std::size_t b = a + 1; b < n; ++b) {
                         const double* x = values.data() + a * k_block;

@@ -63,6 +63,20 @@ void put_bytes(std::vector<std::byte>& out, const std::string& text) {
     for (char c : text) out.push_back(std::byte(static_cast<unsigned char>(c)));
 }
 
+/// The fields local and central headers share, in APPNOTE order: flags, method, time,
+/// date, CRC-32, compressed and uncompressed size (0xFFFFFFFF when the zip64 extra holds
+/// them) and the name's length.
+void put_entry_fields(std::vector<std::byte>& out, const Entry& entry, bool sizes_in_zip64) {
+    put16(out, entry.flags);
+    put16(out, entry.method);
+    put16(out, k_dos_time);
+    put16(out, k_dos_date);
+    put32(out, entry.crc32);
+    put32(out, sizes_in_zip64 ? k_max32 : static_cast<std::uint32_t>(entry.compressed_size));
+    put32(out, sizes_in_zip64 ? k_max32 : static_cast<std::uint32_t>(entry.uncompressed_size));
+    put16(out, static_cast<std::uint16_t>(entry.name.size()));
+}
+
 std::uint16_t name_flags(const std::string& name) {
     bool ascii = std::all_of(name.begin(), name.end(),
                              [](char c) { return static_cast<unsigned char>(c) < 0x80; });
@@ -514,14 +528,7 @@ std::vector<std::byte> Writer::local_header(const Entry& entry, bool zip64) cons
     header.reserve(k_local_header_size + entry.name.size() + 20);
     put32(header, k_local_header_signature);
     put16(header, zip64 ? 45 : 20);
-    put16(header, entry.flags);
-    put16(header, entry.method);
-    put16(header, k_dos_time);
-    put16(header, k_dos_date);
-    put32(header, entry.crc32);
-    put32(header, zip64 ? k_max32 : static_cast<std::uint32_t>(entry.compressed_size));
-    put32(header, zip64 ? k_max32 : static_cast<std::uint32_t>(entry.uncompressed_size));
-    put16(header, static_cast<std::uint16_t>(entry.name.size()));
+    put_entry_fields(header, entry, zip64);
     put16(header, zip64 ? 20 : 0);
     put_bytes(header, entry.name);
     if (zip64) {
@@ -653,14 +660,7 @@ void Writer::finish() {
         put32(directory, k_central_header_signature);
         put16(directory, static_cast<std::uint16_t>(3 << 8 | version));  // made by Unix
         put16(directory, version);
-        put16(directory, entry.flags);
-        put16(directory, entry.method);
-        put16(directory, k_dos_time);
-        put16(directory, k_dos_date);
-        put32(directory, entry.crc32);
-        put32(directory, big_sizes ? k_max32 : static_cast<std::uint32_t>(entry.compressed_size));
-        put32(directory, big_sizes ? k_max32 : static_cast<std::uint32_t>(entry.uncompressed_size));
-        put16(directory, static_cast<std::uint16_t>(entry.name.size()));
+        put_entry_fields(directory, entry, big_sizes);
         std::uint16_t extra_size =
             static_cast<std::uint16_t>((big_sizes ? 16 : 0) + (big_offset ? 8 : 0));
         put16(directory, zip64 ? static_cast<std::uint16_t>(4 + extra_size) : 0);
