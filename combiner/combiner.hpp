@@ -1,0 +1,63 @@
+// The combiner: fedcli's aggregation server (docs/protocol.md, docs/federation.md).
+//
+// A Combiner serves the fedcli.v1 services Federation (clients' long-lived streams and
+// reports), Transfer (chunked, sha256-checked model and package files) and Control
+// (operators) on one gRPC port. It keeps a registry of clients (online/offline from
+// heartbeats), the current compute package and a content-addressed model store in
+// `data_dir`, and runs sessions of rounds: select clients, send train tasks, fold updates
+// into an aggregator (core/aggregate) as they arrive, close the round when every selected
+// client answered or the round timeout passed, commit the new global model (with its
+// parent and round) and optionally collect validations.
+//
+// Logging: one line per event that matters goes to `Options::log` (client joined/left,
+// round started/closed with counts and time, update rejected and why, ...).
+//
+// Thread-safety: start(), port(), wait() and shutdown() may be called from any thread;
+// shutdown() may be called more than once.
+#pragma once
+
+#include <chrono>
+#include <filesystem>
+#include <memory>
+#include <ostream>
+#include <string>
+
+namespace fedcli::combiner {
+
+struct Options {
+    std::string host = "127.0.0.1";
+    /// 0 = any free port (read it back with Combiner::port()).
+    int port = 12080;
+    /// Models, packages, uploads in progress. Created if missing.
+    std::filesystem::path data_dir = ".fedcli/combiner";
+    /// Announced to clients in Welcome; a client is offline after `missed_heartbeats`
+    /// intervals without a message, or at once when its stream ends.
+    std::chrono::milliseconds heartbeat_interval{2000};
+    int missed_heartbeats = 3;
+    /// Event lines (one per line, flushed). Null: no log.
+    std::ostream* log = nullptr;
+};
+
+class Combiner {
+  public:
+    explicit Combiner(Options options);
+    ~Combiner();  ///< shuts down if still running
+    Combiner(const Combiner&) = delete;
+    Combiner& operator=(const Combiner&) = delete;
+
+    /// Creates the data folder and starts serving. Throws fedcli::Error when the address
+    /// cannot be bound (naming host:port) or the data folder cannot be created.
+    void start();
+    /// The port actually bound (after start()).
+    int port() const;
+    /// Blocks until shutdown() has completed.
+    void wait();
+    /// Stops the running session (if any), closes client streams and stops serving.
+    void shutdown();
+
+  private:
+    class Impl;
+    std::unique_ptr<Impl> m_impl;
+};
+
+}  // namespace fedcli::combiner

@@ -1,0 +1,64 @@
+// Client-side helpers for the fedcli.v1 Transfer service and channels, shared by the
+// client daemon and the operator commands (package push, model push/pull).
+//
+// upload_file() streams a local file to Transfer.Upload in 1 MiB chunks (FileChunker),
+// first asking QueryUpload whether the combiner already holds it (complete: nothing is
+// sent) or kept part of an interrupted upload (resumes from there). download_file() streams
+// Transfer.Download into ChunkReceiver (<dest>.part, sha256 checked, renamed into place),
+// resuming from an existing .part file. Both retry a broken stream a few times, each time
+// from where the other side stands, before giving up with fedcli::Error naming the file
+// and the gRPC status. Neither ever holds a whole file in memory.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <filesystem>
+#include <functional>
+#include <memory>
+#include <string>
+
+#include "core/proto/fedcli.grpc.pb.h"
+
+namespace fedcli::proto {
+
+/// A channel to "host:port" with fedcli's settings: 8 MiB message limit, keepalive pings,
+/// reconnect backoff capped at a few seconds.
+std::shared_ptr<grpc::Channel> make_channel(const std::string& target);
+
+/// Parses "host:port" (port 1-65535; host may be a name, IPv4, or [IPv6]). Throws
+/// fedcli::Error naming `what` (e.g. "--combiner") when malformed.
+void check_target(const std::string& target, const std::string& what);
+
+struct TransferOptions {
+    /// Attempts in all (a broken stream is resumed from the other side's offset).
+    int attempts = 3;
+    /// Deadline per attempt; zero: none.
+    std::chrono::milliseconds attempt_timeout{0};
+    /// Called after each chunk with (bytes done, total); may be empty.
+    std::function<void(std::uint64_t, std::uint64_t)> progress;
+};
+
+struct UploadOutcome {
+    std::string id;      ///< the stored file's id (its sha256)
+    std::uint64_t size = 0;
+    bool skipped = false;  ///< the combiner already held it; nothing was sent
+};
+
+/// Uploads `file` as `kind` (for a client update, `task_id` names the task). Computes the
+/// file's sha256 first (one read).
+UploadOutcome upload_file(fedcli::v1::Transfer::Stub& stub, fedcli::v1::TransferKind kind,
+                          const std::filesystem::path& file, const std::string& task_id = {},
+                          const TransferOptions& options = {});
+
+struct DownloadOutcome {
+    std::string id;  ///< resolved id ("latest" becomes the model's sha256)
+    std::uint64_t size = 0;
+};
+
+/// Downloads model `id` ("latest" allowed) or package `sha256` (kind PACKAGE: `id` is the
+/// sha256) to `destination` (its folder must exist).
+DownloadOutcome download_file(fedcli::v1::Transfer::Stub& stub, fedcli::v1::TransferKind kind,
+                              const std::string& id, const std::filesystem::path& destination,
+                              const TransferOptions& options = {});
+
+}  // namespace fedcli::proto
