@@ -112,6 +112,11 @@ std::vector<ParameterInfo> common_parameters(bool streaming) {
                                "1: check each update file's CRC-32 while mapping it (one extra "
                                "read of the file); 0: trust the file",
                                0, 1));
+    parameters.push_back(whole("release_pages", 0,
+                               "1: keep update files' pages out of this process's resident "
+                               "memory (fault in a window, drop it after use; the page cache "
+                               "keeps the data), for servers with a memory budget",
+                               0, 1));
     return parameters;
 }
 
@@ -514,7 +519,9 @@ std::optional<Rejection> AggregatorBase::fold(const std::filesystem::path& file,
     try {
         npz::ReadOptions options;
         options.verify_crc = setting("verify_crc") != 0;
-        source->file = std::make_unique<npz::MappedNpz>(file, options);
+        source->file = std::make_unique<npz::MappedNpz>(
+            file, options,
+            setting("release_pages") != 0 ? npz::Residency::release : npz::Residency::keep);
     } catch (const Error& error) {
         return refuse(record, strip_prefix(error.what(), file.string()));
     }

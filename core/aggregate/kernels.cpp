@@ -567,6 +567,14 @@ PassReport run_mean_pass(const MeanPass& pass) {
     auto chunks = float_chunks(layout, 1 << 18);
     NonFiniteTracker tracker(sources);
     std::atomic<bool> overflow{false};
+    // Files mapped with Residency::release: each block is faulted in before it is read and
+    // dropped from the resident set after, so a pass over many large updates stays within
+    // a few blocks per thread of mapped memory.
+    std::vector<const npz::MappedNpz*> release(sources, nullptr);
+    for (std::size_t k = 0; k < sources; ++k) {
+        const auto& file = pass.sources[k]->file;
+        if (file && file->residency() == npz::Residency::release) release[k] = file.get();
+    }
 
     parallel_for(chunks.size(), pass.threads, [&](std::size_t task) {
         const Chunk& chunk = chunks[task];
@@ -574,6 +582,13 @@ PassReport run_mean_pass(const MeanPass& pass) {
         std::size_t element = npz::dtype_size(slot.dtype);
         alignas(64) double block[k_block];
         std::vector<const std::byte*> x(sources);
+        auto chunk_range = [&](std::size_t k) {
+            return std::pair{pass.sources[k]->data[chunk.slot] + chunk.offset * element,
+                             static_cast<std::size_t>(chunk.count) * element};
+        };
+        for (std::size_t k = 0; k < sources; ++k) {
+            if (release[k]) release[k]->prefetch(chunk_range(k).first, chunk_range(k).second);
+        }
         for (std::uint64_t done = 0; done < chunk.count; done += k_block) {
             std::uint64_t offset = chunk.offset + done;
             auto n = static_cast<std::size_t>(std::min<std::uint64_t>(k_block, chunk.count - done));
@@ -615,6 +630,9 @@ PassReport run_mean_pass(const MeanPass& pass) {
                 }
             }
             if (!culprit) overflow = true;
+        }
+        for (std::size_t k = 0; k < sources; ++k) {
+            if (release[k]) release[k]->release(chunk_range(k).first, chunk_range(k).second);
         }
         store_fence();
     });

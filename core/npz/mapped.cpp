@@ -7,7 +7,9 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cstdint>
 #include <cstring>
+#include <utility>
 
 #include "core/error.hpp"
 #include "core/npz/zip.hpp"
@@ -24,8 +26,8 @@ bool mappable(const MemberInfo& member) {
 
 }  // namespace
 
-MappedNpz::MappedNpz(const std::filesystem::path& path, ReadOptions options)
-    : m_display_name(path.string()) {
+MappedNpz::MappedNpz(const std::filesystem::path& path, ReadOptions options, Residency residency)
+    : m_display_name(path.string()), m_residency(residency) {
     m_fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
     if (m_fd < 0) throw Error(m_display_name + ": cannot open: " + std::strerror(errno));
     try {
@@ -84,8 +86,9 @@ MappedNpz::MappedNpz(const std::filesystem::path& path, ReadOptions options)
         if (any_mappable && m_file_size > 0) {
             // MAP_POPULATE sets up the page tables in one go, much faster than taking a
             // fault on every 4 KiB page during the first pass over the data.
-            void* map = ::mmap(nullptr, static_cast<std::size_t>(m_file_size), PROT_READ,
-                               MAP_PRIVATE | MAP_POPULATE, m_fd, 0);
+            int flags = MAP_PRIVATE | (residency == Residency::keep ? MAP_POPULATE : 0);
+            void* map =
+                ::mmap(nullptr, static_cast<std::size_t>(m_file_size), PROT_READ, flags, m_fd, 0);
             if (map == MAP_FAILED) {
                 throw Error(m_display_name + ": cannot map: " + std::strerror(errno));
             }
@@ -97,8 +100,7 @@ MappedNpz::MappedNpz(const std::filesystem::path& path, ReadOptions options)
             if (!m_map || !mappable(member)) continue;
             const std::byte* start = m_map + member.data_offset;
             if (m_reader && options.verify_crc &&
-                zip::crc32(0, start, static_cast<std::size_t>(member.uncompressed_size)) !=
-                    member.crc32) {
+                crc_of(start, member.uncompressed_size) != member.crc32) {
                 throw Error(m_display_name + ": member '" + member.member_name +
                             "': CRC-32 mismatch (data is corrupt)");
             }
@@ -110,6 +112,54 @@ MappedNpz::MappedNpz(const std::filesystem::path& path, ReadOptions options)
         ::close(m_fd);
         throw;
     }
+}
+
+std::uint32_t MappedNpz::crc_of(const std::byte* start, std::uint64_t size) const {
+    if (m_residency == Residency::keep) {
+        return zip::crc32(0, start, static_cast<std::size_t>(size));
+    }
+    // A window at a time, so checking a file never makes all of it resident.
+    constexpr std::uint64_t k_window = std::uint64_t{8} << 20;
+    std::uint32_t crc = 0;
+    for (std::uint64_t done = 0; done < size; done += k_window) {
+        auto n = static_cast<std::size_t>(std::min(k_window, size - done));
+        prefetch(start + done, n);
+        crc = zip::crc32(crc, start + done, n);
+        release(start + done, n);
+    }
+    return crc;
+}
+
+namespace {
+
+/// The pages covering [data, data + bytes), clipped to the mapping; empty when outside.
+std::pair<std::byte*, std::size_t> page_range(const std::byte* map, std::size_t map_size,
+                                              const std::byte* data, std::size_t bytes) {
+    if (!map || bytes == 0 || data < map || data >= map + map_size) return {nullptr, 0};
+    static const auto page = static_cast<std::uintptr_t>(::sysconf(_SC_PAGESIZE));
+    auto begin = reinterpret_cast<std::uintptr_t>(data) & ~(page - 1);
+    auto end = std::min(reinterpret_cast<std::uintptr_t>(data) + bytes,
+                        reinterpret_cast<std::uintptr_t>(map) + map_size);
+    return {reinterpret_cast<std::byte*>(begin), static_cast<std::size_t>(end - begin)};
+}
+
+}  // namespace
+
+void MappedNpz::prefetch(const std::byte* data, std::size_t bytes) const noexcept {
+    auto [begin, length] = page_range(m_map, m_map_size, data, bytes);
+    if (length == 0) return;
+#ifdef MADV_POPULATE_READ
+    if (::madvise(begin, length, MADV_POPULATE_READ) == 0) return;
+#endif
+    ::madvise(begin, length, MADV_WILLNEED);  // older kernels: read-ahead at least
+}
+
+void MappedNpz::release(const std::byte* data, std::size_t bytes) const noexcept {
+    if (m_residency != Residency::release) return;
+    auto [begin, length] = page_range(m_map, m_map_size, data, bytes);
+    // The mapping is private and read-only, so no page is ever dirty: dropping it loses
+    // nothing, a later read refaults it from the page cache.
+    if (length) ::madvise(begin, length, MADV_DONTNEED);
 }
 
 MappedNpz::~MappedNpz() {

@@ -37,12 +37,22 @@
 
 namespace fedcli::npz {
 
+/// Whether the mapping's pages stay in this process's resident set.
+///  - keep: the whole file is mapped with MAP_POPULATE (fastest when the data is used soon
+///    and memory is plentiful); every page counts in the RSS until destruction.
+///  - release: pages are faulted in a window at a time (prefetch()) and dropped from the
+///    RSS after use (release()); the page cache keeps the data, so a later read costs a
+///    minor fault, not I/O. The CRC check walks the file in windows the same way. For
+///    servers that hold many updates pending within a memory budget.
+enum class Residency { keep, release };
+
 class MappedNpz {
   public:
     /// Maps `path`, an .npz archive or a single .npy array (one member keyed by the file's
     /// stem). Throws fedcli::Error naming the file when it is missing, not a parameter file
     /// or corrupt.
-    explicit MappedNpz(const std::filesystem::path& path, ReadOptions options = {});
+    explicit MappedNpz(const std::filesystem::path& path, ReadOptions options = {},
+                       Residency residency = Residency::keep);
     ~MappedNpz();
     MappedNpz(const MappedNpz&) = delete;
     MappedNpz& operator=(const MappedNpz&) = delete;
@@ -68,13 +78,25 @@ class MappedNpz {
     /// A copy of member `index` as an Array.
     Array read(std::size_t index) const;
 
+    Residency residency() const { return m_residency; }
+    /// Faults in the pages of [data, data + bytes) in one call (MADV_POPULATE_READ) ahead
+    /// of a sequential read. Ranges outside the mapping are ignored; never throws.
+    void prefetch(const std::byte* data, std::size_t bytes) const noexcept;
+    /// Drops the pages of [data, data + bytes) from the resident set (MADV_DONTNEED on a
+    /// read-only private mapping: the data stays readable and refaults from the page
+    /// cache). Only acts with Residency::release; never throws.
+    void release(const std::byte* data, std::size_t bytes) const noexcept;
+
   private:
+    std::uint32_t crc_of(const std::byte* start, std::uint64_t size) const;
+
     struct Fallback {
         std::once_flag once;
         Array array;
     };
 
     std::string m_display_name;
+    Residency m_residency = Residency::keep;
     int m_fd = -1;
     std::uint64_t m_file_size = 0;
     const std::byte* m_map = nullptr;
