@@ -265,6 +265,7 @@ RunResult run_entry_point(const project::Project& project, std::string_view entr
         throw failure.with_context(where);
     }
     log.note(result.process.describe(), false);
+    if (request.process_result) *request.process_result = result.process;
 
     std::string log_hint =
         result.log_file ? " (full output in " + result.log_file->string() + ")" : "";

@@ -95,6 +95,11 @@ struct RunRequest {
     std::size_t tail_lines = 30;
     std::stop_token stop;
     int cancel_fd = -1;  ///< see ProcessSpec::cancel_fd
+    /// When set, receives how the process ended as soon as it has ended, also when the run
+    /// then throws (non-zero exit, signal, timeout, cancellation, contract violation), so a
+    /// caller can report the exit code and tail without parsing the error message. Left
+    /// untouched when the process never started.
+    ProcessResult* process_result = nullptr;
 };
 
 struct RunResult {

@@ -15,11 +15,28 @@
 #include <filesystem>
 #include <functional>
 #include <memory>
+#include <stop_token>
 #include <string>
 
 #include "core/proto/fedcli.grpc.pb.h"
 
 namespace fedcli::proto {
+
+/// Initial HTTP/2 stream window of fedcli's channels and server (4 MiB: four chunks in
+/// flight per transfer; memory per open transfer stays bounded by it).
+inline constexpr int k_stream_window_bytes = 4 << 20;
+
+/// Sets the channel arguments fedcli's channels and its server share (flow-control window,
+/// TCP read sizes). `set(name, value)` is ChannelArguments::SetInt or
+/// ServerBuilder::AddChannelArgument.
+template <class SetInt>
+void apply_transport_settings(SetInt&& set) {
+    set(GRPC_ARG_HTTP2_STREAM_LOOKAHEAD_BYTES, k_stream_window_bytes);
+    // gRPC reads 8 KiB per recvmsg by default and grows slowly; 1 MiB chunks want more.
+    set(GRPC_ARG_TCP_READ_CHUNK_SIZE, 512 << 10);
+    set(GRPC_ARG_TCP_MIN_READ_CHUNK_SIZE, 256 << 10);
+    set(GRPC_ARG_TCP_MAX_READ_CHUNK_SIZE, 4 << 20);
+}
 
 /// A channel to "host:port" with fedcli's settings: 8 MiB message limit, keepalive pings,
 /// reconnect backoff capped at a few seconds.
@@ -29,6 +46,10 @@ std::shared_ptr<grpc::Channel> make_channel(const std::string& target);
 /// fedcli::Error naming `what` (e.g. "--combiner") when malformed.
 void check_target(const std::string& target, const std::string& what);
 
+/// "UNAVAILABLE: failed to connect to all addresses": the status code's name and message,
+/// for error and log lines.
+std::string status_text(const grpc::Status& status);
+
 struct TransferOptions {
     /// Attempts in all (a broken stream is resumed from the other side's offset).
     int attempts = 3;
@@ -36,10 +57,13 @@ struct TransferOptions {
     std::chrono::milliseconds attempt_timeout{0};
     /// Called after each chunk with (bytes done, total); may be empty.
     std::function<void(std::uint64_t, std::uint64_t)> progress;
+    /// When stop is requested the running attempt is cancelled and the call throws
+    /// fedcli::Error ("...: cancelled"); partial files stay for a later resume.
+    std::stop_token stop;
 };
 
 struct UploadOutcome {
-    std::string id;      ///< the stored file's id (its sha256)
+    std::string id;  ///< the stored file's id (its sha256)
     std::uint64_t size = 0;
     bool skipped = false;  ///< the combiner already held it; nothing was sent
 };

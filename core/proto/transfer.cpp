@@ -67,8 +67,8 @@ std::string normalized_sha256(std::string sha256, const std::string& description
 // FileChunker
 
 FileChunker::FileChunker(const std::filesystem::path& path, std::uint64_t offset,
-                         std::size_t chunk_size)
-    : m_path(path), m_offset(offset) {
+                         std::size_t chunk_size, bool hash)
+    : m_path(path), m_offset(offset), m_hash(hash) {
     if (chunk_size == 0) throw Error(path.string() + ": chunk size must be positive");
     m_fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
     if (m_fd < 0) throw Error(path.string() + ": cannot open for reading: " + errno_text(errno));
@@ -115,7 +115,7 @@ std::span<const std::byte> FileChunker::next() {
                     " bytes");
     }
     m_offset += got;
-    m_sha256.update(m_buffer.data(), got);
+    if (m_hash) m_sha256.update(m_buffer.data(), got);
     return {m_buffer.data(), got};
 }
 

@@ -42,8 +42,11 @@ class FileChunker {
   public:
     /// Opens `path` and positions at `offset` (0 ≤ offset ≤ file size). Throws
     /// fedcli::Error naming the file when it cannot be opened or the offset is past the end.
+    /// With `hash` false, sha256_hex() is not available (senders that already know the
+    /// digest, such as a content-addressed store or an uploader that hashed first, skip a
+    /// second pass of SHA-256 over the file).
     explicit FileChunker(const std::filesystem::path& path, std::uint64_t offset = 0,
-                         std::size_t chunk_size = k_default_chunk_size);
+                         std::size_t chunk_size = k_default_chunk_size, bool hash = true);
     ~FileChunker();
     FileChunker(const FileChunker&) = delete;
     FileChunker& operator=(const FileChunker&) = delete;
@@ -65,6 +68,7 @@ class FileChunker {
     /// Hex sha256 of the bytes returned so far, i.e. of [start offset, offset()); when
     /// started at 0 and done(), the sha256 of the whole file. Call once, at the end.
     std::string sha256_hex() { return m_sha256.hex_digest(); }
+    bool hashing() const { return m_hash; }
 
   private:
     std::filesystem::path m_path;
@@ -72,6 +76,7 @@ class FileChunker {
     std::uint64_t m_size = 0;
     std::uint64_t m_offset = 0;
     std::vector<std::byte> m_buffer;
+    bool m_hash = true;
     util::Sha256 m_sha256;
 };
 
