@@ -1,0 +1,223 @@
+// The combiner's gRPC server: services wired to CombinerCore, start and shutdown.
+#include "combiner/combiner.hpp"
+
+#include "combiner/internal.hpp"
+#include "core/error.hpp"
+#include "core/proto/rpc.hpp"
+
+namespace fedcli::combiner {
+
+namespace {
+
+/// gRPC message limit both ways: data chunks are 1 MiB; room for peers that send more.
+constexpr int k_max_message_bytes = 8 << 20;
+
+class FederationService final : public v1::Federation::Service {
+  public:
+    explicit FederationService(CombinerCore& impl) : m_impl(impl) {}
+    grpc::Status Connect(grpc::ServerContext* context, Connection::Stream* stream) override {
+        return m_impl.connect(context, stream);
+    }
+    grpc::Status ReportUpdate(grpc::ServerContext*, const v1::UpdateReport* report,
+                              v1::Ack* ack) override {
+        *ack = m_impl.report_update(*report);
+        return grpc::Status::OK;
+    }
+    grpc::Status ReportValidation(grpc::ServerContext*, const v1::ValidationReport* report,
+                                  v1::Ack* ack) override {
+        *ack = m_impl.report_validation(*report);
+        return grpc::Status::OK;
+    }
+
+  private:
+    CombinerCore& m_impl;
+};
+
+class TransferService final : public v1::Transfer::Service {
+  public:
+    explicit TransferService(CombinerCore& impl) : m_impl(impl) {}
+    grpc::Status Upload(grpc::ServerContext* context, grpc::ServerReader<v1::UploadChunk>* reader,
+                        v1::UploadResult* result) override {
+        return m_impl.upload(context, reader, result);
+    }
+    grpc::Status Download(grpc::ServerContext* context, const v1::DownloadRequest* request,
+                          grpc::ServerWriter<v1::DownloadChunk>* writer) override {
+        return m_impl.download(context, *request, writer);
+    }
+    grpc::Status QueryUpload(grpc::ServerContext*, const v1::UploadQuery* query,
+                             v1::UploadState* state) override {
+        return m_impl.query_upload(*query, state);
+    }
+
+  private:
+    CombinerCore& m_impl;
+};
+
+class ControlService final : public v1::Control::Service {
+  public:
+    explicit ControlService(CombinerCore& impl) : m_impl(impl) {}
+    grpc::Status SetPackage(grpc::ServerContext*, const v1::SetPackageRequest* request,
+                            v1::Ack* ack) override {
+        *ack = m_impl.set_package(*request);
+        return grpc::Status::OK;
+    }
+    grpc::Status SetSeedModel(grpc::ServerContext*, const v1::SetSeedModelRequest* request,
+                              v1::Ack* ack) override {
+        *ack = m_impl.set_seed_model(*request);
+        return grpc::Status::OK;
+    }
+    grpc::Status StartSession(grpc::ServerContext*, const v1::StartSessionRequest* request,
+                              v1::StartSessionResponse* response) override {
+        *response = m_impl.start_session(*request);
+        return grpc::Status::OK;
+    }
+    grpc::Status StopSession(grpc::ServerContext*, const v1::StopSessionRequest* request,
+                             v1::Ack* ack) override {
+        *ack = m_impl.stop_session(*request);
+        return grpc::Status::OK;
+    }
+    grpc::Status GetStatus(grpc::ServerContext*, const v1::GetStatusRequest*,
+                           v1::StatusResponse* response) override {
+        *response = m_impl.status();
+        return grpc::Status::OK;
+    }
+    grpc::Status ListClients(grpc::ServerContext*, const v1::ListClientsRequest*,
+                             v1::ListClientsResponse* response) override {
+        *response = m_impl.list_clients();
+        return grpc::Status::OK;
+    }
+    grpc::Status ListRounds(grpc::ServerContext*, const v1::ListRoundsRequest* request,
+                            v1::ListRoundsResponse* response) override {
+        return m_impl.list_rounds(*request, response);
+    }
+    grpc::Status ListModels(grpc::ServerContext*, const v1::ListModelsRequest*,
+                            v1::ListModelsResponse* response) override {
+        *response = m_impl.list_models();
+        return grpc::Status::OK;
+    }
+
+  private:
+    CombinerCore& m_impl;
+};
+
+std::string listen_address(const std::string& host, int port) {
+    bool ipv6 = host.find(':') != std::string::npos && host.front() != '[';
+    return (ipv6 ? "[" + host + "]" : host) + ":" + std::to_string(port);
+}
+
+}  // namespace
+
+CombinerCore::CombinerCore(Options options)
+    : m_options(std::move(options)), m_log(m_options.log), m_store(m_options.data_dir) {
+    if (m_options.heartbeat_interval <= std::chrono::milliseconds::zero()) {
+        throw Error("combiner: heartbeat interval must be positive");
+    }
+}
+
+CombinerCore::~CombinerCore() {
+    shutdown();
+}
+
+void CombinerCore::log(const std::string& message) {
+    m_log.write(message);
+}
+
+void CombinerCore::log_status(const std::string& message) {
+    m_state.last_message = message;
+    m_log.write(message);
+}
+
+void CombinerCore::start() {
+    std::lock_guard shutdown_lock(m_shutdown_mutex);
+    if (m_started) throw Error("combiner: already started");
+    m_store.create();
+    m_services.push_back(std::make_unique<FederationService>(*this));
+    m_services.push_back(std::make_unique<TransferService>(*this));
+    m_services.push_back(std::make_unique<ControlService>(*this));
+
+    const std::string address = listen_address(m_options.host, m_options.port);
+    grpc::ServerBuilder builder;
+    builder.AddListeningPort(address, grpc::InsecureServerCredentials(), &m_port);
+    builder.SetMaxReceiveMessageSize(k_max_message_bytes);
+    builder.SetMaxSendMessageSize(k_max_message_bytes);
+    // Clients ping to notice dead connections; allow it (also while no call is active)
+    // instead of answering with GOAWAY "too many pings".
+    builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
+    builder.AddChannelArgument(GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS, 1000);
+    builder.AddChannelArgument(GRPC_ARG_HTTP2_MAX_PING_STRIKES, 0);
+    // gRPC listens with SO_REUSEPORT by default: a second combiner on a busy port would then
+    // share it silently and receive half of the connections.
+    builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
+    proto::apply_transport_settings(
+        [&](const char* name, int value) { builder.AddChannelArgument(name, value); });
+    for (auto& service : m_services) builder.RegisterService(service.get());
+    m_server = builder.BuildAndStart();
+    if (!m_server || m_port == 0) {
+        m_server.reset();
+        throw Error("combiner: cannot listen on " + address +
+                    " (address in use, or not an address of this machine)");
+    }
+    m_started = true;
+    m_watchdog = std::thread([this] { watchdog_loop(); });
+    log("combiner " + std::string(FEDCLI_VERSION) + " listening on " +
+        listen_address(m_options.host, m_port) + ", data in " + m_options.data_dir.string());
+}
+
+void CombinerCore::wait() {
+    std::unique_lock lock(m_mutex);
+    m_shut_down_changed.wait(lock, [&] { return m_shut_down || !m_started; });
+}
+
+void CombinerCore::shutdown() {
+    std::lock_guard shutdown_lock(m_shutdown_mutex);
+    {
+        std::lock_guard lock(m_mutex);
+        if (!m_started || m_shut_down) return;
+        m_stopping = true;
+        if (m_active) m_active->stop_requested = true;
+    }
+    m_changed.notify_all();
+    m_stop_changed.notify_all();
+    m_store.wake_transfers();
+
+    // The runner cancels its open tasks on the still open streams, then ends the session.
+    if (m_active && m_active->thread.joinable()) m_active->thread.join();
+    if (m_watchdog.joinable()) m_watchdog.join();
+    {
+        std::lock_guard lock(m_mutex);
+        for (auto& [id, client] : m_state.clients) {
+            if (client.connection) client.connection->cancel();
+        }
+    }
+    // Streams were cancelled above; anything else in flight gets a moment to finish.
+    m_server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
+    m_server->Wait();
+    log("combiner stopped");
+    {
+        std::lock_guard lock(m_mutex);
+        m_shut_down = true;
+    }
+    m_shut_down_changed.notify_all();
+}
+
+class Combiner::Impl : public CombinerCore {
+  public:
+    using CombinerCore::CombinerCore;
+};
+
+Combiner::Combiner(Options options) : m_impl(std::make_unique<Impl>(std::move(options))) {}
+Combiner::~Combiner() = default;
+void Combiner::start() {
+    m_impl->start();
+}
+int Combiner::port() const {
+    return m_impl->port();
+}
+void Combiner::wait() {
+    m_impl->wait();
+}
+void Combiner::shutdown() {
+    m_impl->shutdown();
+}
+
+}  // namespace fedcli::combiner

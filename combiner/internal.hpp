@@ -1,0 +1,326 @@
+// Internals of the combiner, shared by its .cpp files (not installed, not included by users).
+//
+// Pieces:
+//  - EventLog: the timestamped event lines of Options::log (one writer at a time).
+//  - Store: the content-addressed files in data_dir (models/<sha>.npz, packages/<sha>.tgz)
+//    and the per-file transfer locks that keep two uploads of one sha256 apart.
+//  - Connection: one Federation.Connect stream; messages to the client go through a queue
+//    drained by a writer thread, so nobody else ever blocks on a slow client.
+//  - State: everything the combiner knows (clients, models, package, sessions, rounds,
+//    tasks) as plain structs of protocol messages. It lives in memory now; it is kept in one
+//    place so that persisting it (SQLite, a later issue) only has to write these records.
+//  - CombinerCore (behind Combiner::Impl): the services' handlers, the session runner and the
+//  watchdog.
+//
+// Locking: `CombinerCore::m_mutex` guards State and is never held across file I/O, folding or a
+// blocking gRPC call. `CombinerCore::m_fold_mutex` guards the running session's aggregator (it is
+// not thread-safe) and the opening/closing of rounds; when both are needed it is taken
+// first. Connection and Store locks are leaves (nothing else is locked under them).
+#pragma once
+
+#include <grpcpp/grpcpp.h>
+
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <filesystem>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <ostream>
+#include <set>
+#include <string>
+#include <string_view>
+#include <thread>
+#include <unordered_map>
+#include <vector>
+
+#include "combiner/combiner.hpp"
+#include "core/aggregate/aggregator.hpp"
+#include "core/npz/npz.hpp"
+#include "core/proto/fedcli.grpc.pb.h"
+#include "core/util/ids.hpp"
+
+namespace fedcli::combiner {
+
+namespace v1 = fedcli::v1;
+using Clock = std::chrono::steady_clock;
+
+using util::is_sha256;
+using util::lowercase;
+using util::now_unix_ms;
+using util::short_id;
+/// `count` random lowercase hex digits (ids of clients, sessions, tasks).
+std::string random_hex(std::size_t count);
+/// "1.8 s" (one decimal).
+std::string format_seconds(Clock::duration duration);
+
+// ---------------------------------------------------------------------------------------
+
+/// Event lines "<UTC ISO-8601 with ms>Z <message>" to a stream, each flushed; thread-safe.
+class EventLog {
+  public:
+    explicit EventLog(std::ostream* out) : m_out(out) {}
+    void write(const std::string& message);
+
+  private:
+    std::mutex m_mutex;
+    std::ostream* m_out;
+};
+
+// ---------------------------------------------------------------------------------------
+
+/// The combiner's files: data_dir/models/<sha256>.npz (seeds, global models and client
+/// updates in one content-addressed store) and data_dir/packages/<sha256>.tgz. Uploads in
+/// progress are "<final name>.part" next to them. Thread-safe.
+class Store {
+  public:
+    explicit Store(std::filesystem::path data_dir) : m_root(std::move(data_dir)) {}
+
+    /// Creates the folders; throws fedcli::Error naming the folder.
+    void create() const;
+    const std::filesystem::path& root() const { return m_root; }
+
+    /// The final path of a file of this kind and (lowercase) sha256.
+    std::filesystem::path path(v1::TransferKind kind, const std::string& sha256) const;
+    std::filesystem::path model_path(const std::string& id) const {
+        return path(v1::TRANSFER_KIND_MODEL, id);
+    }
+    bool has(v1::TransferKind kind, const std::string& sha256) const;
+
+    /// Writes `parameters` into the model store (temporary file, sha256, rename) and returns
+    /// its id.
+    std::string add_model(const npz::ParameterSet& parameters) const;
+
+    /// Serializes transfers of one file: waits until no other transfer holds `key`. Returns
+    /// false (without the lock) when `give_up()` turns true while waiting.
+    bool lock_transfer(const std::string& key, const std::function<bool()>& give_up);
+    void unlock_transfer(const std::string& key);
+    /// Wakes waiters so they re-check give_up() (used at shutdown).
+    void wake_transfers();
+
+  private:
+    std::filesystem::path m_root;
+    std::mutex m_transfer_mutex;
+    std::condition_variable m_transfer_done;
+    std::set<std::string> m_transfers;
+};
+
+// ---------------------------------------------------------------------------------------
+
+/// One client's Federation.Connect stream. The handler thread reads; a writer thread owned
+/// by this object writes what send() queued, in order. Thread-safe.
+class Connection {
+  public:
+    using Stream = grpc::ServerReaderWriter<v1::ServerMessage, v1::ClientMessage>;
+
+    Connection(grpc::ServerContext* context, Stream* stream);
+    ~Connection();  ///< stops the writer if still running
+    Connection(const Connection&) = delete;
+    Connection& operator=(const Connection&) = delete;
+
+    /// Queues a message; never blocks on the network. Dropped after the stream closed.
+    void send(v1::ServerMessage message);
+    /// Cancels the RPC (a newer stream of the same client, or shutdown): the handler's Read
+    /// returns false soon after. Safe after the handler finished (then a no-op).
+    void cancel();
+    /// Called by the handler before it returns: stops the writer (cancelling the RPC if a
+    /// write is stuck) and forgets the stream. Nothing is written afterwards.
+    void finish();
+
+  private:
+    void write_loop();
+
+    std::mutex m_mutex;
+    std::condition_variable m_changed;
+    grpc::ServerContext* m_context;
+    Stream* m_stream;
+    std::deque<v1::ServerMessage> m_queue;
+    bool m_closing = false;
+    bool m_writer_done = false;
+    std::thread m_writer;
+};
+
+// ---------------------------------------------------------------------------------------
+// State
+
+struct ClientRecord {
+    v1::ClientInfo info;  ///< id, name, version, online, status, last seen, package
+    std::vector<std::string> capabilities;
+    Clock::time_point last_message{};
+    std::shared_ptr<Connection> connection;  ///< the current stream; null when none
+
+    bool has_capability(std::string_view name) const;
+    /// "client 'c1' (id 3fa2b1c0)"
+    std::string label() const;
+    /// The name for messages (falls back to the short id).
+    std::string display_name() const;
+};
+
+struct TaskRecord {
+    std::string task_id;
+    std::string client_id;
+    std::string session_id;
+    std::uint64_t round_id = 0;
+    v1::TaskKind kind = v1::TASK_KIND_UNSPECIFIED;
+    std::string model_id;
+    /// While true, the task's phase (the round's training, or its validation) takes answers.
+    bool open = true;
+    /// Set once the task was answered (report accepted or refused, or a final TaskStatus);
+    /// a repeated report gets this Ack again.
+    std::optional<v1::Ack> answer;
+};
+
+struct SessionRecord {
+    std::string id;
+    v1::SessionConfig config;  ///< with defaults filled in
+    std::string config_json;
+    v1::SessionState state = v1::SESSION_STATE_RUNNING;
+    std::string message;
+    std::vector<v1::RoundInfo> rounds;
+    std::int64_t started_unix_ms = 0;
+    std::int64_t ended_unix_ms = 0;
+};
+
+/// Everything the combiner knows. Guarded by CombinerCore::m_mutex.
+struct State {
+    std::map<std::string, ClientRecord> clients;  ///< by client id
+    std::vector<v1::ModelInfo> models;            ///< seeds and global models, oldest first
+    std::string seed_model_id;
+    std::string package_sha256;
+    std::string package_name;
+    std::uint64_t package_size = 0;
+    std::vector<SessionRecord> sessions;  ///< oldest first
+    std::unordered_map<std::string, TaskRecord> tasks;
+    std::uint64_t last_round_id = 0;  ///< round ids increase across sessions
+    std::string last_message;         ///< GetStatus.message
+
+    /// Newest global model, else the seed; empty if none.
+    std::string latest_model_id() const;
+    const v1::ModelInfo* find_model(const std::string& id) const;
+    SessionRecord* find_session(const std::string& id);
+    std::size_t clients_online() const;
+};
+
+// ---------------------------------------------------------------------------------------
+
+/// The running session's aggregation state, owned by the session runner. The aggregator and
+/// `records` are guarded by CombinerCore::m_fold_mutex.
+struct ActiveSession {
+    std::string id;
+    std::unique_ptr<aggregate::Aggregator> aggregator;
+    /// aggregator summary record index -> task id, for the round being folded.
+    std::vector<std::string> records;
+    bool stop_requested = false;  ///< guarded by CombinerCore::m_mutex
+    std::thread thread;
+};
+
+class CombinerCore {
+  public:
+    explicit CombinerCore(Options options);
+    ~CombinerCore();
+    CombinerCore(const CombinerCore&) = delete;
+    CombinerCore& operator=(const CombinerCore&) = delete;
+
+    void start();
+    int port() const { return m_port; }
+    void wait();
+    void shutdown();
+
+    // Federation (federation.cpp)
+    grpc::Status connect(grpc::ServerContext* context, Connection::Stream* stream);
+    v1::Ack report_update(const v1::UpdateReport& report);
+    v1::Ack report_validation(const v1::ValidationReport& report);
+    /// The task a report names, after the checks both kinds of report share (known task of
+    /// this client, of `kind`, of `round_id`); null with `refusal` set otherwise. An
+    /// answered task's earlier Ack also comes back as `refusal` (reports are idempotent).
+    TaskRecord* find_reported_task(const std::string& task_id, const std::string& client_id,
+                                   std::uint64_t round_id, v1::TaskKind kind,
+                                   const std::string& what, v1::Ack& refusal);
+
+    // Transfer (transfer_service.cpp)
+    grpc::Status upload(grpc::ServerContext* context, grpc::ServerReader<v1::UploadChunk>* reader,
+                        v1::UploadResult* result);
+    grpc::Status download(grpc::ServerContext* context, const v1::DownloadRequest& request,
+                          grpc::ServerWriter<v1::DownloadChunk>* writer);
+    grpc::Status query_upload(const v1::UploadQuery& query, v1::UploadState* state);
+
+    // Control (control.cpp)
+    v1::Ack set_package(const v1::SetPackageRequest& request);
+    v1::Ack set_seed_model(const v1::SetSeedModelRequest& request);
+    v1::StartSessionResponse start_session(const v1::StartSessionRequest& request);
+    v1::Ack stop_session(const v1::StopSessionRequest& request);
+    v1::StatusResponse status();
+    v1::ListClientsResponse list_clients();
+    grpc::Status list_rounds(const v1::ListRoundsRequest& request, v1::ListRoundsResponse* out);
+    v1::ListModelsResponse list_models();
+
+  private:
+    // federation.cpp
+    void handle_client_message(const std::string& client_id,
+                               const std::shared_ptr<Connection>& connection,
+                               const v1::ClientMessage& message);
+    void handle_task_status(ClientRecord& client, const v1::TaskStatus& status);
+    void watchdog_loop();
+    /// Requires m_mutex. READY per docs/protocol.md: online, IDLE, and the current package
+    /// installed (or a local project folder).
+    bool is_ready(const ClientRecord& client) const;
+    /// Requires m_mutex.
+    void send_package_available(ClientRecord& client);
+
+    // session.cpp
+    void run_session(ActiveSession* session);
+    enum class RoundEnd { committed, failed, stopped };
+    /// The runner's models: the round's input (`global`, shared with the aggregator), the
+    /// memory the next result is written into (`spare`), and the previous input, which
+    /// becomes `spare` once the aggregator has let go of it. So a session holds two models
+    /// whatever the number of rounds, and reuses their memory (fresh pages are slow).
+    struct RoundModels {
+        std::shared_ptr<npz::ParameterSet> global;
+        std::shared_ptr<npz::ParameterSet> retired;
+        npz::ParameterSet spare;
+        std::string global_id;
+    };
+    /// One round; on failure `failure` says why.
+    RoundEnd run_round(ActiveSession* session, std::size_t session_index, RoundModels& models,
+                       std::string& failure);
+    /// Sends validate tasks for the round's new model and waits for the reports. Returns
+    /// false when the session was stopped meanwhile.
+    bool run_validation(ActiveSession* session, std::size_t session_index, std::uint64_t round_id,
+                        const std::vector<std::string>& client_ids, const std::string& model_id);
+    /// Requires m_mutex. Closes the given tasks; cancels (CancelTask) those not answered.
+    void close_tasks(const std::vector<std::string>& task_ids, const std::string& reason);
+    /// Requires m_mutex.
+    v1::RoundInfo& round_info(std::size_t session_index, std::uint64_t round_id);
+    std::string task_settings(const SessionRecord& session, std::uint64_t round_id) const;
+
+    /// Writes an event line. With `status`, it also becomes GetStatus.message (requires
+    /// m_mutex then).
+    void log(const std::string& message);
+    void log_status(const std::string& message);
+
+    Options m_options;
+    EventLog m_log;
+    Store m_store;
+
+    mutable std::mutex m_mutex;
+    std::condition_variable m_changed;       ///< any change the session runner may wait for
+    std::condition_variable m_stop_changed;  ///< wakes the watchdog at shutdown
+    State m_state;
+    std::unique_ptr<ActiveSession> m_active;
+    std::mutex m_fold_mutex;
+
+    std::unique_ptr<grpc::Server> m_server;
+    std::vector<std::unique_ptr<grpc::Service>> m_services;
+    int m_port = 0;
+    bool m_started = false;
+    bool m_stopping = false;  ///< guarded by m_mutex; read by waiters
+    bool m_shut_down = false;
+    std::condition_variable m_shut_down_changed;
+    std::mutex m_shutdown_mutex;  ///< one shutdown() at a time
+    std::thread m_watchdog;
+};
+
+}  // namespace fedcli::combiner
