@@ -43,6 +43,7 @@ demo: configure
 bench: build
 	@$(BUILD)/bench/bench_npz
 	@$(BUILD)/bench/bench_aggregate
+	@$(BUILD)/bench/bench_federation
 
 fuzz: bootstrap
 	@FUZZ_SECONDS=$(FUZZ_SECONDS) JOBS=$(JOBS) scripts/fuzz

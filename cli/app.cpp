@@ -20,10 +20,9 @@ using RegisterGroup = void (*)(CLI::App& app, Dispatch& dispatch);
 
 /// The command groups of fedcli, in the order `fedcli --help` lists them.
 constexpr RegisterGroup k_groups[] = {
-    register_project_commands,
-    register_run_commands,
-    register_package_commands,
-    register_model_commands,
+    register_project_commands,    register_run_commands,      register_package_commands,
+    register_model_commands,      register_combiner_commands, register_client_commands,
+    register_federation_commands,  // adds to `package` and `model`, so after them
 };
 
 constexpr std::string_view k_program = "fedcli";
@@ -171,14 +170,18 @@ CLI::App& add_group(CLI::App& parent, std::string_view name, std::string_view de
     CLI::App* group = parent.add_subcommand(std::string(name), std::string(description));
     std::string path = command_path(*group);
     group->footer("Run '" + path + " <command> --help' for a command's options.");
+    add_commands(*group, commands, dispatch);
+    return *group;
+}
+
+void add_commands(CLI::App& group, std::span<const CommandSpec> commands, Dispatch& dispatch) {
     for (const CommandSpec& spec : commands) {
         CLI::App* command =
-            group->add_subcommand(std::string(spec.name), std::string(spec.description));
+            group.add_subcommand(std::string(spec.name), std::string(spec.description));
         command->footer("");
         Action action = spec.setup(*command, dispatch.streams);
         command->callback([&dispatch, action] { dispatch.selected = action; });
     }
-    return *group;
 }
 
 std::string_view version() {

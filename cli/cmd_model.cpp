@@ -358,7 +358,8 @@ void register_model_commands(CLI::App& app, Dispatch& dispatch) {
          setup_aggregate},
         {"diff", "Compare two parameter files array by array", setup_diff},
     };
-    add_group(app, "model", "Look at parameter files (.npz) offline", k_commands, dispatch);
+    add_group(app, "model", "Parameter files (.npz): inspect, aggregate, diff; push, pull, list",
+              k_commands, dispatch);
 }
 
 }  // namespace fedcli::cli

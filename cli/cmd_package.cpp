@@ -170,7 +170,8 @@ void register_package_commands(CLI::App& app, Dispatch& dispatch) {
         {"inspect", "List a package's entries and its sha256", setup_inspect},
         {"extract", "Extract a package safely (all or nothing, no path escapes)", setup_extract},
     };
-    add_group(app, "package", "Make, inspect and unpack compute packages", k_commands, dispatch);
+    add_group(app, "package", "Make, inspect, unpack and push compute packages", k_commands,
+              dispatch);
 }
 
 }  // namespace fedcli::cli

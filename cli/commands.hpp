@@ -59,6 +59,10 @@ struct Dispatch {
 CLI::App& add_group(CLI::App& parent, std::string_view name, std::string_view description,
                     std::span<const CommandSpec> commands, Dispatch& dispatch);
 
+/// Adds one subcommand per row of `commands` to an existing group (a group that another
+/// file created gets commands from this one, e.g. `model push` next to `model inspect`).
+void add_commands(CLI::App& group, std::span<const CommandSpec> commands, Dispatch& dispatch);
+
 /// `fedcli model ...`: parameter files (cli/cmd_model.cpp).
 void register_model_commands(CLI::App& app, Dispatch& dispatch);
 /// `fedcli project ...`: project folders and files (cli/cmd_project.cpp).
@@ -67,6 +71,14 @@ void register_project_commands(CLI::App& app, Dispatch& dispatch);
 void register_run_commands(CLI::App& app, Dispatch& dispatch);
 /// `fedcli package ...`: compute packages (cli/cmd_package.cpp).
 void register_package_commands(CLI::App& app, Dispatch& dispatch);
+/// `fedcli session ...`, `fedcli clients ...`, and the commands of `package` and `model`
+/// that talk to a combiner (cli/cmd_federation.cpp). Runs after the package and model
+/// groups are registered.
+void register_federation_commands(CLI::App& app, Dispatch& dispatch);
+/// `fedcli combiner start` (cli/cmd_combiner.cpp).
+void register_combiner_commands(CLI::App& app, Dispatch& dispatch);
+/// `fedcli client start` (cli/cmd_client.cpp).
+void register_client_commands(CLI::App& app, Dispatch& dispatch);
 
 /// A failure made of several independent problems (e.g. everything `project validate`
 /// found wrong). what() joins them with "; "; run() prints each on its own error line.

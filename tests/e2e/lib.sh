@@ -2,12 +2,51 @@
 #   FEDCLI  the binary under test ($1), PYTHON  python with numpy ($2),
 #   WORK    a private temporary folder, removed on exit.
 # Assertions print what they expected and what came out, then exit 1.
+# Daemons (start_combiner, start_client) run in the background and are stopped on exit,
+# with the entry points they started; a failing test prints the tail of their logs.
 set -euo pipefail
 
 FEDCLI=${1:?usage: $0 FEDCLI_BINARY [PYTHON]}
 PYTHON=${2:-${FEDCLI_TEST_PYTHON:-/usr/bin/python3}}
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/fedcli-e2e.XXXXXX")
-trap 'rm -rf "$WORK"' EXIT
+DAEMON_PIDS=()
+DAEMON_LOGS=()
+
+# The children of PID (entry points of a client run in process groups of their own).
+children_of() {
+    ps -o pid= --ppid "$1" 2>/dev/null | tr -d ' ' || true
+}
+
+# stop_process PID: SIGTERM, up to 10 s to exit, then SIGKILL; its children's process
+# groups get the same. Returns at once for a process that is gone.
+stop_process() {
+    local pid=$1 child
+    kill -0 "$pid" 2>/dev/null || return 0
+    local children
+    children=$(children_of "$pid")
+    kill -TERM "$pid" 2>/dev/null || true
+    for _ in $(seq 100); do
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.1
+    done
+    kill -KILL "$pid" 2>/dev/null || true
+    for child in $children; do kill -KILL -- "-$child" 2>/dev/null || true; done
+    wait "$pid" 2>/dev/null || true
+}
+
+cleanup() {
+    local status=$? pid log
+    for pid in "${DAEMON_PIDS[@]}"; do stop_process "$pid"; done
+    if [[ $status -ne 0 ]]; then
+        for log in "${DAEMON_LOGS[@]}"; do
+            [[ -f $log ]] || continue
+            echo "---- last lines of $(basename "$log")" >&2
+            tail -n 25 "$log" >&2
+        done
+    fi
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
 
 fail() {
     echo "FAIL: $*" >&2
@@ -42,4 +81,87 @@ expect_empty() {
     if [[ -s $WORK/$1 ]]; then
         fail "std$1 should be empty; it was: $(cat "$WORK/$1")"
     fi
+}
+
+# wait_for SECONDS DESCRIPTION COMMAND...: runs COMMAND every 0.1 s until it succeeds;
+# fails naming DESCRIPTION when SECONDS pass first.
+wait_for() {
+    local seconds=$1 description=$2
+    shift 2
+    local deadline=$((SECONDS + seconds))
+    until "$@" >/dev/null 2>&1; do
+        if ((SECONDS >= deadline)); then
+            fail "timed out after ${seconds} s waiting for $description"
+        fi
+        sleep 0.1
+    done
+}
+
+# start_combiner [ARGS...]: starts `fedcli combiner start` on a free port in the
+# background (data in $WORK/combiner, log in $WORK/combiner.log), waits for its port file
+# and exports FEDCLI_COMBINER for the operator commands. Sets COMBINER_PID.
+start_combiner() {
+    rm -f "$WORK/combiner.port"
+    "$FEDCLI" combiner start --port 0 --port-file "$WORK/combiner.port" \
+        --data-dir "$WORK/combiner" "$@" >"$WORK/combiner.log" 2>&1 &
+    COMBINER_PID=$!
+    DAEMON_PIDS+=("$COMBINER_PID")
+    DAEMON_LOGS+=("$WORK/combiner.log")
+    wait_for 30 "the combiner's port file (log: $(tail -n 3 "$WORK/combiner.log" 2>/dev/null))" \
+        test -s "$WORK/combiner.port"
+    COMBINER_PORT=$(cat "$WORK/combiner.port")
+    export FEDCLI_COMBINER=127.0.0.1:$COMBINER_PORT
+}
+
+# start_client NAME [ARGS...]: starts `fedcli client start --name NAME` in the background
+# with work dir $WORK/clients/NAME (unless ARGS give --work-dir) and log
+# $WORK/client-NAME.log. Sets CLIENT_PID (and CLIENT_PIDS[NAME]).
+declare -A CLIENT_PIDS=()
+start_client() {
+    local name=$1
+    shift
+    local work=(--work-dir "$WORK/clients/$name")
+    local arg
+    for arg in "$@"; do [[ $arg == --work-dir* ]] && work=(); done
+    "$FEDCLI" client start --combiner "$FEDCLI_COMBINER" --name "$name" "${work[@]}" \
+        --python "$PYTHON" "$@" >>"$WORK/client-$name.log" 2>&1 &
+    CLIENT_PID=$!
+    CLIENT_PIDS[$name]=$CLIENT_PID
+    DAEMON_PIDS+=("$CLIENT_PID")
+    DAEMON_LOGS+=("$WORK/client-$name.log")
+}
+
+# clients_json: `fedcli clients list --json` into $WORK/clients.json.
+clients_json() {
+    "$FEDCLI" clients list --json >"$WORK/clients.json"
+}
+
+# clients_match PYTHON_EXPRESSION: true when the expression holds for `c`, the list of
+# clients (dicts as `clients list --json` prints them).
+clients_match() {
+    clients_json || return 1
+    "$PYTHON" -c 'import json, sys
+c = json.load(open(sys.argv[1]))
+sys.exit(0 if eval(sys.argv[2]) else 1)' "$WORK/clients.json" "$1"
+}
+
+# wait_clients_idle N [SECONDS]: waits until N clients are online and idle.
+wait_clients_idle() {
+    wait_for "${2:-60}" "$1 clients online and idle: $(cat "$WORK/clients.json" 2>/dev/null)" \
+        clients_match "sum(1 for x in c if x['online'] and x['status'] == 'idle') >= $1"
+}
+
+# status_json: `fedcli session status --json` into $WORK/status.json.
+status_json() {
+    "$FEDCLI" session status --json >"$WORK/status.json"
+}
+
+# check_status PYTHON_ASSERTIONS: runs Python with `s` = the status JSON; fails the test
+# with the assertion and the JSON when one does not hold.
+check_status() {
+    status_json
+    "$PYTHON" -c 'import json, sys
+s = json.load(open(sys.argv[1]))
+exec(sys.argv[2])' "$WORK/status.json" "$1" ||
+        fail "session status does not match: $(cat "$WORK/status.json")"
 }

@@ -75,8 +75,11 @@ TEST_CASE("fedcli --help lists the command groups with descriptions", "[cli]") {
     CHECK(result.exit_code == 0);
     CHECK(contains(result.out, "Usage: fedcli"));
     CHECK(contains(result.out, "model"));
-    CHECK(contains(result.out, "Look at parameter files"));
+    CHECK(contains(result.out, "Parameter files (.npz)"));
     CHECK(contains(result.out, "project"));
+    for (const char* group : {"combiner", "client", "session", "clients"}) {
+        CHECK(contains(result.out, std::string("\n  ") + group + " "));
+    }
     CHECK(contains(result.out, "--version"));
     CHECK(result.err.empty());
 }
@@ -420,4 +423,30 @@ TEST_CASE("text helpers", "[cli]") {
     CHECK(group_digits(999) == "999");
     CHECK(group_digits(1000) == "1,000");
     CHECK(group_digits(1234567) == "1,234,567");
+}
+
+TEST_CASE("operator commands check their options before connecting", "[cli]") {
+    // Port 1 on 127.0.0.1 has no combiner; each of these must fail before trying it.
+    auto bad_aggregator = run_cli({"session", "start", "--rounds", "2", "--aggregator", "fedavgg",
+                                   "--combiner", "127.0.0.1:1"});
+    CHECK(bad_aggregator.exit_code == 1);
+    CHECK(contains(bad_aggregator.err, "did you mean 'fedavg'"));
+    auto bad_sample = run_cli({"session", "start", "--rounds", "1", "--min-clients", "3",
+                               "--clients-per-round", "2", "--combiner", "127.0.0.1:1"});
+    CHECK(bad_sample.exit_code == 2);
+    CHECK(contains(bad_sample.err, "below --min-clients 3"));
+    auto bad_settings = run_cli({"session", "start", "--rounds", "1", "--settings", "round=3",
+                                 "--combiner", "127.0.0.1:1"});
+    CHECK(bad_settings.exit_code == 2);
+    CHECK(contains(bad_settings.err, "'round' is set by the combiner"));
+    auto bad_target = run_cli({"clients", "list", "--combiner", "no-port"});
+    CHECK(bad_target.exit_code == 1);
+    CHECK(contains(bad_target.err, "--combiner"));
+}
+
+TEST_CASE("an unreachable combiner gives one clear error", "[cli]") {
+    auto result = run_cli({"session", "status", "--combiner", "127.0.0.1:1"});
+    CHECK(result.exit_code == 1);
+    CHECK(contains(result.err, "fedcli: error: cannot reach the combiner at 127.0.0.1:1: "));
+    CHECK(contains(result.err, "(is `fedcli combiner start` running?)"));
 }

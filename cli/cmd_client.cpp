@@ -1,0 +1,151 @@
+// `fedcli client start`: runs the client daemon (client/client.hpp) in the foreground until
+// SIGINT or SIGTERM. It reconnects to the combiner forever; only problems no retry can fix
+// (a bad project folder, an unusable work folder) end it with an error.
+#include <unistd.h>
+
+#include <CLI/CLI.hpp>
+#include <climits>
+#include <memory>
+
+#include "cli/app.hpp"
+#include "cli/commands.hpp"
+#include "cli/federation.hpp"
+#include "client/client.hpp"
+#include "core/error.hpp"
+#include "core/proto/rpc.hpp"
+#include "core/util/ids.hpp"
+
+namespace fedcli::cli {
+
+namespace {
+
+struct StartOptions {
+    std::string combiner = k_default_combiner;
+    std::string name;
+    std::filesystem::path path;
+    bool package_from_combiner = false;
+    std::filesystem::path work_dir;
+    std::string python;
+    std::filesystem::path data_path;
+    std::vector<std::string> environment;
+    bool verbose = false;
+};
+
+std::string host_name() {
+    char buffer[HOST_NAME_MAX + 1] = {};
+    if (::gethostname(buffer, sizeof buffer - 1) != 0 || buffer[0] == '\0') return "client";
+    return buffer;
+}
+
+/// A name usable as a folder name: anything but letters, digits, '-', '_' and '.' becomes
+/// '_' (a name is free text sent to the combiner; the default work folder is derived).
+std::string folder_safe(const std::string& name) {
+    std::string safe;
+    for (char c : name) {
+        bool plain = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+                     c == '-' || c == '_' || c == '.';
+        safe += plain ? c : '_';
+    }
+    if (safe.empty() || safe == "." || safe == "..") safe = "client";
+    return safe;
+}
+
+int client_start(const StartOptions& options, std::ostream& out) {
+    const std::string command = "fedcli client start";
+    proto::check_target(options.combiner, "--combiner");
+    if (!options.path.empty() && options.package_from_combiner) {
+        throw UsageError("--path and --package-from-combiner exclude each other", command);
+    }
+
+    client::Options settings;
+    settings.combiner = options.combiner;
+    settings.name = options.name.empty() ? host_name() : options.name;
+    if (!options.path.empty()) {
+        if (!std::filesystem::is_directory(options.path)) {
+            throw Error(options.path.string() + ": not a project folder (--path)");
+        }
+        settings.project = options.path;
+    }
+    settings.work_dir = options.work_dir.empty() ? std::filesystem::path(".fedcli") /
+                                                       ("client-" + folder_safe(settings.name))
+                                                 : options.work_dir;
+    if (!options.python.empty()) settings.python = options.python;
+    if (!options.data_path.empty()) settings.data_path = options.data_path;
+    for (const auto& item : options.environment) {
+        auto equals = item.find('=');
+        if (equals == std::string::npos || equals == 0) {
+            throw UsageError("--env '" + item + "': expected NAME=VALUE", command);
+        }
+        settings.environment.emplace_back(item.substr(0, equals), item.substr(equals + 1));
+    }
+    settings.echo_output = options.verbose;
+
+    // Before any thread exists (the client's and gRPC's inherit the blocked mask).
+    SignalWaiter signals;
+    out.setf(std::ios::unitbuf);
+    settings.log = &out;
+    out << "client '" << settings.name << "' connecting to " << settings.combiner << " (work dir "
+        << settings.work_dir.string() << ", "
+        << (settings.project ? "project " + settings.project->string()
+                             : std::string("package from the combiner"))
+        << ")" << std::endl;
+
+    client::Client daemon(settings);
+    signals.start([&daemon](int) { daemon.stop(); });
+    daemon.run();
+    if (int signal = signals.received()) {
+        out << util::utc_timestamp() << " client stopped (" << signal_name(signal) << ")"
+            << std::endl;
+    }
+    return k_exit_success;
+}
+
+Action setup_start(CLI::App& command, const Streams& streams) {
+    auto options = std::make_shared<StartOptions>();
+    command.add_option("--combiner", options->combiner, "The combiner to connect to")
+        ->type_name("HOST:PORT")
+        ->envname(k_combiner_env)
+        ->capture_default_str();
+    command.add_option("--name", options->name, "Name shown to the operator (default: host name)")
+        ->type_name("NAME");
+    command
+        .add_option("--path,-p", options->path,
+                    "Run this local project folder instead of the combiner's package")
+        ->type_name("DIR");
+    command.add_flag("--package-from-combiner", options->package_from_combiner,
+                     "Take the compute package from the combiner (the default without --path)");
+    command
+        .add_option("--work-dir", options->work_dir,
+                    "Client id, packages, models and task files (default: "
+                    ".fedcli/client-<name>); reuse it to keep the client's id")
+        ->type_name("DIR");
+    command
+        .add_option("--python", options->python,
+                    "Interpreter for python entry points (default: one with numpy)")
+        ->type_name("PY");
+    command
+        .add_option("--data-path", options->data_path,
+                    "Data folder for the entry points (FEDCLI_DATA_PATH, FEDN_DATA_PATH)")
+        ->type_name("DIR");
+    command
+        .add_option("--env", options->environment,
+                    "Extra environment variable for the entry points (repeatable)")
+        ->type_name("NAME=VALUE");
+    command.add_flag("--verbose,-v", options->verbose, "Echo the entry points' output");
+    std::ostream& out = streams.out;
+    return [options, &out] { return client_start(*options, out); };
+}
+
+}  // namespace
+
+void register_client_commands(CLI::App& app, Dispatch& dispatch) {
+    static constexpr CommandSpec k_commands[] = {
+        {"start",
+         "Connect to a combiner and run its tasks with this machine's data (Ctrl-C stops it)",
+         setup_start},
+    };
+    add_group(app, "client", "Run a client that trains on local data for a combiner", k_commands,
+              dispatch);
+}
+
+}  // namespace fedcli::cli

@@ -1,0 +1,286 @@
+// `fedcli combiner start`: runs the combiner (combiner/combiner.hpp) in the foreground until
+// SIGINT or SIGTERM. Options come from flags, else from a combiner.yaml (--config), else
+// the library's defaults. The event log goes to stdout, one flushed line per event.
+#include <netdb.h>
+#include <sys/socket.h>
+#include <unistd.h>
+#include <yaml-cpp/yaml.h>
+
+#include <CLI/CLI.hpp>
+#include <array>
+#include <cerrno>
+#include <cmath>
+#include <cstring>
+#include <fstream>
+#include <memory>
+#include <optional>
+
+#include "cli/app.hpp"
+#include "cli/commands.hpp"
+#include "cli/federation.hpp"
+#include "combiner/combiner.hpp"
+#include "core/error.hpp"
+#include "core/util/suggest.hpp"
+
+namespace fedcli::cli {
+
+namespace {
+
+constexpr std::array<std::string_view, 4> k_config_keys = {"host", "port", "data_dir",
+                                                           "heartbeat_interval"};
+
+/// What a combiner.yaml may set; unset fields keep the defaults (or the flags).
+struct CombinerFile {
+    std::optional<std::string> host;
+    std::optional<int> port;
+    std::optional<std::filesystem::path> data_dir;
+    std::optional<double> heartbeat_interval;  ///< seconds
+};
+
+std::string at(const std::filesystem::path& file, const YAML::Mark& mark) {
+    if (mark.is_null()) return file.string();
+    return file.string() + ":" + std::to_string(mark.line + 1) + ":" +
+           std::to_string(mark.column + 1);
+}
+
+double parse_seconds(const std::filesystem::path& file, const YAML::Node& value,
+                     std::string_view key) {
+    double seconds = 0;
+    if (!value.IsScalar() || !YAML::convert<double>::decode(value, seconds) ||
+        !std::isfinite(seconds) || seconds <= 0 || seconds > 3600) {
+        throw Error(at(file, value.Mark()) + ": " + std::string(key) +
+                    " must be a number of seconds in (0, 3600], found '" +
+                    (value.IsScalar() ? value.Scalar() : std::string("a non-scalar")) + "'");
+    }
+    return seconds;
+}
+
+int parse_port(const std::string& where, const std::string& text) {
+    std::size_t used = 0;
+    int port = -1;
+    try {
+        port = std::stoi(text, &used);
+    } catch (const std::exception&) {
+        used = 0;
+    }
+    if (used != text.size() || port < 0 || port > 65535) {
+        throw Error(where + ": port must be a whole number from 0 to 65535 (0: any free port), " +
+                    "found '" + text + "'");
+    }
+    return port;
+}
+
+/// Reads combiner.yaml: a mapping of the keys in k_config_keys. Errors name file:line:column
+/// and suggest the key that was probably meant.
+CombinerFile load_combiner_file(const std::filesystem::path& file) {
+    if (!std::filesystem::exists(file)) {
+        throw Error(file.string() + ": no such file (--config)");
+    }
+    YAML::Node root;
+    try {
+        root = YAML::LoadFile(file.string());
+    } catch (const YAML::Exception& error) {
+        throw Error(at(file, error.mark) + ": " + error.msg);
+    }
+    CombinerFile config;
+    if (root.IsNull()) return config;  // an empty file sets nothing
+    if (!root.IsMap()) {
+        throw Error(at(file, root.Mark()) + ": expected keys (" + "host, port, data_dir, " +
+                    "heartbeat_interval), found " + (root.IsSequence() ? "a list" : "a value"));
+    }
+    std::vector<std::string> known(k_config_keys.begin(), k_config_keys.end());
+    for (const auto& item : root) {
+        const YAML::Node& key = item.first;
+        const YAML::Node& value = item.second;
+        const std::string name = key.IsScalar() ? key.Scalar() : std::string();
+        if (name == "host") {
+            if (!value.IsScalar() || value.Scalar().empty()) {
+                throw Error(at(file, value.Mark()) + ": host must be a host name or address");
+            }
+            config.host = value.Scalar();
+        } else if (name == "port") {
+            config.port =
+                parse_port(at(file, value.Mark()), value.IsScalar() ? value.Scalar() : "");
+        } else if (name == "data_dir") {
+            if (!value.IsScalar() || value.Scalar().empty()) {
+                throw Error(at(file, value.Mark()) + ": data_dir must be a folder path");
+            }
+            // Relative to the file, so a config works from any working folder.
+            std::filesystem::path dir = value.Scalar();
+            config.data_dir =
+                dir.is_absolute() ? dir : std::filesystem::absolute(file).parent_path() / dir;
+        } else if (name == "heartbeat_interval") {
+            config.heartbeat_interval = parse_seconds(file, value, name);
+        } else {
+            std::string message = "unknown key '" + name + "'";
+            if (auto suggestion = util::closest_match(name, known)) {
+                message += "; did you mean '" + *suggestion + "'?";
+            }
+            message += " (known: host, port, data_dir, heartbeat_interval)";
+            throw Error(at(file, key.Mark()) + ": " + message);
+        }
+    }
+    return config;
+}
+
+/// Writes the port to `file` through a temporary file renamed into place, so a script
+/// polling for the file never reads a half-written number.
+void write_port_file(const std::filesystem::path& file, int port) {
+    std::filesystem::path temporary = file;
+    temporary += ".tmp." + std::to_string(::getpid());
+    {
+        std::ofstream out(temporary, std::ios::trunc);
+        out << port << '\n';
+        out.close();
+        if (!out) throw Error(temporary.string() + ": cannot write the port file (--port-file)");
+    }
+    std::error_code error;
+    std::filesystem::rename(temporary, file, error);
+    if (error) {
+        std::filesystem::remove(temporary, error);
+        throw Error(file.string() +
+                    ": cannot write the port file (--port-file): " + error.message());
+    }
+}
+
+/// gRPC listens with SO_REUSEPORT, so a second combiner on a busy port would share it
+/// silently and get half the connections. A plain bind() first turns that into an error.
+void check_port_free(const std::string& host, int port) {
+    addrinfo hints{};
+    hints.ai_family = AF_UNSPEC;
+    hints.ai_socktype = SOCK_STREAM;
+    hints.ai_flags = AI_PASSIVE;
+    addrinfo* addresses = nullptr;
+    std::string bare = host.size() > 2 && host.front() == '[' && host.back() == ']'
+                           ? host.substr(1, host.size() - 2)
+                           : host;
+    if (::getaddrinfo(bare.c_str(), std::to_string(port).c_str(), &hints, &addresses) != 0) {
+        return;  // gRPC reports an address it cannot resolve
+    }
+    std::string problem;
+    for (addrinfo* address = addresses; address && problem.empty(); address = address->ai_next) {
+        int fd = ::socket(address->ai_family, address->ai_socktype, address->ai_protocol);
+        if (fd < 0) continue;
+        if (::bind(fd, address->ai_addr, address->ai_addrlen) != 0 && errno == EADDRINUSE) {
+            problem = std::strerror(errno);
+        }
+        ::close(fd);
+    }
+    ::freeaddrinfo(addresses);
+    if (!problem.empty()) {
+        throw Error("cannot listen on " + host + ":" + std::to_string(port) + ": " + problem +
+                    " (another combiner running? pick another --port, or 0 for any free one)");
+    }
+}
+
+struct StartOptions {
+    std::string host = combiner::Options{}.host;
+    int port = combiner::Options{}.port;
+    std::filesystem::path data_dir = combiner::Options{}.data_dir;
+    std::filesystem::path config;
+    double heartbeat_interval = 2.0;
+    std::filesystem::path port_file;
+    // Which flags were given (they override the file).
+    CLI::Option* host_flag = nullptr;
+    CLI::Option* port_flag = nullptr;
+    CLI::Option* data_dir_flag = nullptr;
+    CLI::Option* heartbeat_flag = nullptr;
+};
+
+int combiner_start(const StartOptions& options, std::ostream& out) {
+    // Before any thread exists (the combiner's and gRPC's inherit the blocked mask).
+    SignalWaiter signals;
+
+    combiner::Options settings;
+    if (!options.config.empty()) {
+        CombinerFile file = load_combiner_file(options.config);
+        if (file.host) settings.host = *file.host;
+        if (file.port) settings.port = *file.port;
+        if (file.data_dir) settings.data_dir = *file.data_dir;
+        if (file.heartbeat_interval) {
+            settings.heartbeat_interval = std::chrono::milliseconds(
+                static_cast<std::int64_t>(std::llround(*file.heartbeat_interval * 1000)));
+        }
+    }
+    if (options.host_flag->count()) settings.host = options.host;
+    if (options.port_flag->count()) settings.port = options.port;
+    if (options.data_dir_flag->count()) settings.data_dir = options.data_dir;
+    if (options.heartbeat_flag->count()) {
+        if (!std::isfinite(options.heartbeat_interval) || options.heartbeat_interval <= 0 ||
+            options.heartbeat_interval > 3600) {
+            throw UsageError("--heartbeat-interval must be in (0, 3600] seconds",
+                             "fedcli combiner start");
+        }
+        settings.heartbeat_interval = std::chrono::milliseconds(
+            static_cast<std::int64_t>(std::llround(options.heartbeat_interval * 1000)));
+    }
+    if (settings.heartbeat_interval.count() < 1) settings.heartbeat_interval = {};
+    out.setf(std::ios::unitbuf);  // every event line reaches a pipe or file at once
+    settings.log = &out;
+
+    if (settings.port != 0) check_port_free(settings.host, settings.port);
+    combiner::Combiner server(settings);
+    server.start();
+    const int port = server.port();
+    // The combiner's own first event line says where it listens.
+    if (!options.port_file.empty()) {
+        try {
+            write_port_file(options.port_file, port);
+        } catch (...) {
+            server.shutdown();
+            throw;
+        }
+    }
+    signals.start([&server](int) { server.shutdown(); });
+    server.wait();  // the combiner logs its own "combiner stopped" line
+    return k_exit_success;
+}
+
+Action setup_start(CLI::App& command, const Streams& streams) {
+    auto options = std::make_shared<StartOptions>();
+    options->host_flag = command.add_option("--host", options->host, "Address to listen on")
+                             ->type_name("HOST")
+                             ->capture_default_str();
+    options->port_flag =
+        command.add_option("--port", options->port, "Port to listen on (0: any free port)")
+            ->type_name("PORT")
+            ->check(CLI::Range(0, 65535))
+            ->capture_default_str();
+    options->data_dir_flag =
+        command
+            .add_option("--data-dir", options->data_dir,
+                        "Folder for models, packages and uploads in progress (created)")
+            ->type_name("DIR")
+            ->capture_default_str();
+    command
+        .add_option("--config", options->config,
+                    "combiner.yaml with any of: host, port, data_dir, heartbeat_interval "
+                    "(flags win)")
+        ->type_name("FILE");
+    options->heartbeat_flag =
+        command
+            .add_option("--heartbeat-interval", options->heartbeat_interval,
+                        "Seconds between client heartbeats (offline after 3 missed)")
+            ->type_name("SECONDS")
+            ->capture_default_str();
+    command
+        .add_option("--port-file", options->port_file,
+                    "Write the bound port to FILE once listening (atomically)")
+        ->type_name("FILE");
+    std::ostream& out = streams.out;
+    return [options, &out] { return combiner_start(*options, out); };
+}
+
+}  // namespace
+
+void register_combiner_commands(CLI::App& app, Dispatch& dispatch) {
+    static constexpr CommandSpec k_commands[] = {
+        {"start",
+         "Run a combiner in the foreground: clients, model store, sessions (Ctrl-C stops it)",
+         setup_start},
+    };
+    add_group(app, "combiner", "Run the aggregation server that clients connect to", k_commands,
+              dispatch);
+}
+
+}  // namespace fedcli::cli
