@@ -564,7 +564,11 @@ PassReport run_mean_pass(const MeanPass& pass) {
     const Layout& layout = *pass.layout;
     std::size_t sources = pass.sources.size();
     // 256 Ki elements: long sequential runs per update, still many chunks to balance.
-    auto chunks = float_chunks(layout, 1 << 18);
+    // Released files get 1 Mi: each chunk edge may leave a page or two mapped (see below).
+    bool releasing = std::any_of(pass.sources.begin(), pass.sources.end(), [](const Source* s) {
+        return s->file && s->file->residency() == npz::Residency::release;
+    });
+    auto chunks = float_chunks(layout, releasing ? 1 << 20 : 1 << 18);
     NonFiniteTracker tracker(sources);
     std::atomic<bool> overflow{false};
     // Files mapped with Residency::release: each block is faulted in before it is read and
@@ -636,6 +640,11 @@ PassReport run_mean_pass(const MeanPass& pass) {
         }
         store_fence();
     });
+    // Pages shared by two chunks and the kernel's fault-around at chunk edges leave a few
+    // pages mapped per chunk: drop them all now.
+    for (const auto* file : release) {
+        if (file) file->release_all();
+    }
     PassReport report;
     report.non_finite = tracker.take();
     report.overflow = overflow;

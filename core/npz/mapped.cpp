@@ -106,6 +106,8 @@ MappedNpz::MappedNpz(const std::filesystem::path& path, ReadOptions options, Res
             }
             m_mapped[i] = start + member.npy_header_size;
         }
+        // Fault-around at window edges may have mapped a few pages the windows left.
+        release_all();
     } catch (...) {
         if (m_map) ::munmap(const_cast<std::byte*>(m_map), m_map_size);
         m_reader.reset();
@@ -133,20 +135,28 @@ std::uint32_t MappedNpz::crc_of(const std::byte* start, std::uint64_t size) cons
 namespace {
 
 /// The pages covering [data, data + bytes), clipped to the mapping; empty when outside.
+/// `inward`: only the pages entirely inside the range (those no neighbouring range shares).
 std::pair<std::byte*, std::size_t> page_range(const std::byte* map, std::size_t map_size,
-                                              const std::byte* data, std::size_t bytes) {
+                                              const std::byte* data, std::size_t bytes,
+                                              bool inward) {
     if (!map || bytes == 0 || data < map || data >= map + map_size) return {nullptr, 0};
     static const auto page = static_cast<std::uintptr_t>(::sysconf(_SC_PAGESIZE));
-    auto begin = reinterpret_cast<std::uintptr_t>(data) & ~(page - 1);
-    auto end = std::min(reinterpret_cast<std::uintptr_t>(data) + bytes,
-                        reinterpret_cast<std::uintptr_t>(map) + map_size);
+    auto begin = reinterpret_cast<std::uintptr_t>(data);
+    auto end = std::min(begin + bytes, reinterpret_cast<std::uintptr_t>(map) + map_size);
+    if (inward) {
+        begin = (begin + page - 1) & ~(page - 1);
+        if (end != reinterpret_cast<std::uintptr_t>(map) + map_size) end &= ~(page - 1);
+    } else {
+        begin &= ~(page - 1);
+    }
+    if (end <= begin) return {nullptr, 0};
     return {reinterpret_cast<std::byte*>(begin), static_cast<std::size_t>(end - begin)};
 }
 
 }  // namespace
 
 void MappedNpz::prefetch(const std::byte* data, std::size_t bytes) const noexcept {
-    auto [begin, length] = page_range(m_map, m_map_size, data, bytes);
+    auto [begin, length] = page_range(m_map, m_map_size, data, bytes, false);
     if (length == 0) return;
 #ifdef MADV_POPULATE_READ
     if (::madvise(begin, length, MADV_POPULATE_READ) == 0) return;
@@ -156,10 +166,19 @@ void MappedNpz::prefetch(const std::byte* data, std::size_t bytes) const noexcep
 
 void MappedNpz::release(const std::byte* data, std::size_t bytes) const noexcept {
     if (m_residency != Residency::release) return;
-    auto [begin, length] = page_range(m_map, m_map_size, data, bytes);
+    // Only whole pages of the range: another thread may still read a page it shares with
+    // a neighbouring range (and would fault it back in, with the kernel's fault-around
+    // mapping neighbours that were already dropped).
+    auto [begin, length] = page_range(m_map, m_map_size, data, bytes, true);
     // The mapping is private and read-only, so no page is ever dirty: dropping it loses
     // nothing, a later read refaults it from the page cache.
     if (length) ::madvise(begin, length, MADV_DONTNEED);
+}
+
+void MappedNpz::release_all() const noexcept {
+    if (m_residency == Residency::release && m_map) {
+        ::madvise(const_cast<std::byte*>(m_map), m_map_size, MADV_DONTNEED);
+    }
 }
 
 MappedNpz::~MappedNpz() {

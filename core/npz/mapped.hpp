@@ -85,7 +85,11 @@ class MappedNpz {
     /// Drops the pages of [data, data + bytes) from the resident set (MADV_DONTNEED on a
     /// read-only private mapping: the data stays readable and refaults from the page
     /// cache). Only acts with Residency::release; never throws.
+    /// Only pages entirely inside the range are dropped, so ranges that share a page can be
+    /// released by different threads safely.
     void release(const std::byte* data, std::size_t bytes) const noexcept;
+    /// Drops every page of the mapping from the resident set (Residency::release only).
+    void release_all() const noexcept;
 
   private:
     std::uint32_t crc_of(const std::byte* start, std::uint64_t size) const;
