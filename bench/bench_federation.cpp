@@ -47,6 +47,7 @@
 #include "core/error.hpp"
 #include "core/npz/npz.hpp"
 #include "core/proto/rpc.hpp"
+#include "core/util/sha256.hpp"
 
 extern char** environ;
 
@@ -143,6 +144,21 @@ void write_model(const fs::path& path, std::uint64_t bytes, unsigned seed) {
 }
 
 /// Raw loopback TCP: bytes per second of one sender and one receiver thread, 1 MiB writes.
+/// SHA-256 over a 64 MiB buffer on one core, bytes per second: no transfer that verifies
+/// sha256 on the receiving side (as fedcli's do) can go faster than this.
+double sha256_throughput() {
+    std::vector<std::byte> buffer(std::size_t{64} << 20, std::byte{1});
+    double best = 0;
+    for (int i = 0; i < 3; ++i) {
+        auto start = Clock::now();
+        fedcli::util::Sha256 hash;
+        hash.update(buffer.data(), buffer.size());
+        hash.hex_digest();
+        best = std::max(best, static_cast<double>(buffer.size()) / seconds_since(start));
+    }
+    return best;
+}
+
 double loopback_throughput(std::uint64_t total) {
     int listener = socket(AF_INET, SOCK_STREAM, 0);
     sockaddr_in address{};
@@ -373,6 +389,7 @@ int main(int argc, char** argv) {
         // Throughput first, on an idle machine.
         double loopback = 0;
         for (int i = 0; i < 3; ++i) loopback = std::max(loopback, loopback_throughput(1ull << 30));
+        const double sha256 = sha256_throughput();
         const std::uint64_t size = 100'000'000;
         double upload = 0;
         double download = 0;
@@ -398,6 +415,10 @@ int main(int argc, char** argv) {
         }
         std::printf("transfer (100 MB model, best of 3)\n");
         std::printf("  raw TCP loopback     %8.0f MB/s\n", loopback / 1e6);
+        std::printf(
+            "  sha256, one core     %8.0f MB/s  (%.2f of loopback: the bound of any "
+            "transfer verified on receipt)\n",
+            sha256 / 1e6, sha256 / loopback);
         std::printf("  upload (push)        %8.0f MB/s  ratio %.2f (target >= %.2f)\n",
                     upload / 1e6, upload / loopback, options.throughput_target);
         std::printf("  download (pull)      %8.0f MB/s  ratio %.2f (target >= %.2f)\n",
