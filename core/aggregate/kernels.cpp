@@ -564,16 +564,24 @@ PassReport run_mean_pass(const MeanPass& pass) {
     const Layout& layout = *pass.layout;
     std::size_t sources = pass.sources.size();
     // 256 Ki elements: long sequential runs per update, still many chunks to balance.
-    // Released files get 1 Mi: each chunk edge may leave a page or two mapped (see below).
+    // Released files: about 8 MiB of all sources together per chunk (each thread has one
+    // chunk of every source mapped at a time), from 64 Ki to 1 Mi elements.
     bool releasing = std::any_of(pass.sources.begin(), pass.sources.end(), [](const Source* s) {
         return s->file && s->file->residency() == npz::Residency::release;
     });
-    auto chunks = float_chunks(layout, releasing ? 1 << 20 : 1 << 18);
+    std::uint64_t chunk_elements = 1 << 18;
+    if (releasing) {
+        chunk_elements =
+            std::clamp<std::uint64_t>((std::uint64_t{8} << 20) / (4 * sources), 1 << 16, 1 << 20);
+    }
+    auto chunks = float_chunks(layout, chunk_elements);
     NonFiniteTracker tracker(sources);
     std::atomic<bool> overflow{false};
-    // Files mapped with Residency::release: each block is faulted in before it is read and
-    // dropped from the resident set after, so a pass over many large updates stays within
-    // a few blocks per thread of mapped memory.
+    // Files mapped with Residency::release are not read through the mapping at all: each
+    // chunk is copied with pread into a per-thread staging buffer (reused from chunk to
+    // chunk), so a pass over many large updates adds no file-backed pages to the resident
+    // set. (Faulting chunks in and dropping them after use is not enough: the page cache
+    // maps whole large folios and fault-around windows that overhang the chunk.)
     std::vector<const npz::MappedNpz*> release(sources, nullptr);
     for (std::size_t k = 0; k < sources; ++k) {
         const auto& file = pass.sources[k]->file;
@@ -586,19 +594,20 @@ PassReport run_mean_pass(const MeanPass& pass) {
         std::size_t element = npz::dtype_size(slot.dtype);
         alignas(64) double block[k_block];
         std::vector<const std::byte*> x(sources);
-        auto chunk_range = [&](std::size_t k) {
-            return std::pair{pass.sources[k]->data[chunk.slot] + chunk.offset * element,
-                             static_cast<std::size_t>(chunk.count) * element};
-        };
+        std::vector<const std::byte*> base(sources);
+        const auto chunk_bytes = static_cast<std::size_t>(chunk.count) * element;
+        thread_local std::vector<std::byte> staging;
         for (std::size_t k = 0; k < sources; ++k) {
-            if (release[k]) release[k]->prefetch(chunk_range(k).first, chunk_range(k).second);
+            base[k] = pass.sources[k]->data[chunk.slot] + chunk.offset * element;
+            if (!release[k]) continue;
+            if (staging.size() < sources * chunk_bytes) staging.resize(sources * chunk_bytes);
+            std::byte* copy = staging.data() + k * chunk_bytes;
+            if (release[k]->copy_out(base[k], chunk_bytes, copy)) base[k] = copy;
         }
         for (std::uint64_t done = 0; done < chunk.count; done += k_block) {
             std::uint64_t offset = chunk.offset + done;
             auto n = static_cast<std::size_t>(std::min<std::uint64_t>(k_block, chunk.count - done));
-            for (std::size_t k = 0; k < sources; ++k) {
-                x[k] = pass.sources[k]->data[chunk.slot] + offset * element;
-            }
+            for (std::size_t k = 0; k < sources; ++k) x[k] = base[k] + done * element;
             std::uint64_t flat = slot.float_offset + offset;
             std::byte* direct = pass.direct.empty() ? nullptr : pass.direct[chunk.slot];
             double* out64 = block;
@@ -635,13 +644,10 @@ PassReport run_mean_pass(const MeanPass& pass) {
             }
             if (!culprit) overflow = true;
         }
-        for (std::size_t k = 0; k < sources; ++k) {
-            if (release[k]) release[k]->release(chunk_range(k).first, chunk_range(k).second);
-        }
         store_fence();
     });
-    // Pages shared by two chunks and the kernel's fault-around at chunk edges leave a few
-    // pages mapped per chunk: drop them all now.
+    // Whatever was read through the mappings (a fallback after a failed pread, small
+    // integer arrays elsewhere) leaves the resident set with the pass.
     for (const auto* file : release) {
         if (file) file->release_all();
     }

@@ -207,8 +207,25 @@ void MappedNpz::close_file() {
     if (m_fd < 0) return;
     for (std::size_t i = 0; i < m_members.size(); ++i) data(i);
     m_reader.reset();
+    if (m_residency == Residency::release) return;  // copy_out() reads through it
     ::close(m_fd);
     m_fd = -1;
+}
+
+bool MappedNpz::copy_out(const std::byte* data, std::size_t bytes, std::byte* out) const {
+    if (m_fd < 0 || !m_map || data < m_map || bytes > m_map_size ||
+        static_cast<std::size_t>(data - m_map) > m_map_size - bytes) {
+        return false;
+    }
+    auto offset = static_cast<off_t>(data - m_map);
+    std::size_t done = 0;
+    while (done < bytes) {
+        ssize_t got = ::pread(m_fd, out + done, bytes - done, offset + static_cast<off_t>(done));
+        if (got < 0 && errno == EINTR) continue;
+        if (got <= 0) return false;
+        done += static_cast<std::size_t>(got);
+    }
+    return true;
 }
 
 std::span<const std::byte> MappedNpz::data(std::size_t index) const {

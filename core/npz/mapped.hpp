@@ -73,7 +73,8 @@ class MappedNpz {
     bool fully_mapped() const;
     /// Reads every member that is not mapped, then closes the file descriptor (the mapping
     /// stays, and so do earlier data() spans), so that holding many MappedNpz objects does
-    /// not hold as many descriptors. Not thread-safe with concurrent data() calls.
+    /// not hold as many descriptors; with Residency::release the descriptor stays open for
+    /// copy_out(). Not thread-safe with concurrent data() calls.
     void close_file();
     /// A copy of member `index` as an Array.
     Array read(std::size_t index) const;
@@ -90,6 +91,12 @@ class MappedNpz {
     void release(const std::byte* data, std::size_t bytes) const noexcept;
     /// Drops every page of the mapping from the resident set (Residency::release only).
     void release_all() const noexcept;
+    /// Copies [data, data + bytes) of the mapping into `out` with pread(2), without mapping
+    /// a page: the way to stream a file through a small reused buffer when even a window of
+    /// mapped pages is too much (the page cache may hand whole large folios to a mapping).
+    /// Only with Residency::release (which keeps the descriptor open through
+    /// close_file()); false when the range is outside the mapping or reading fails.
+    bool copy_out(const std::byte* data, std::size_t bytes, std::byte* out) const;
 
   private:
     std::uint32_t crc_of(const std::byte* start, std::uint64_t size) const;
