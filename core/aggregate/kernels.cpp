@@ -564,15 +564,15 @@ PassReport run_mean_pass(const MeanPass& pass) {
     const Layout& layout = *pass.layout;
     std::size_t sources = pass.sources.size();
     // 256 Ki elements: long sequential runs per update, still many chunks to balance.
-    // Released files: about 8 MiB of all sources together per chunk (each thread has one
-    // chunk of every source mapped at a time), from 64 Ki to 1 Mi elements.
+    // Released files: about 2 MiB of all sources together per chunk (each thread stages one
+    // chunk of every source at a time), from 16 Ki to 256 Ki elements.
     bool releasing = std::any_of(pass.sources.begin(), pass.sources.end(), [](const Source* s) {
         return s->file && s->file->residency() == npz::Residency::release;
     });
     std::uint64_t chunk_elements = 1 << 18;
     if (releasing) {
         chunk_elements =
-            std::clamp<std::uint64_t>((std::uint64_t{8} << 20) / (4 * sources), 1 << 16, 1 << 20);
+            std::clamp<std::uint64_t>((std::uint64_t{2} << 20) / (4 * sources), 1 << 14, 1 << 18);
     }
     auto chunks = float_chunks(layout, chunk_elements);
     NonFiniteTracker tracker(sources);
