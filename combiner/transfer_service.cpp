@@ -3,6 +3,7 @@
 
 #include "combiner/internal.hpp"
 #include "core/error.hpp"
+#include "core/proto/rpc.hpp"
 #include "core/proto/transfer.hpp"
 
 namespace fedcli::combiner {
@@ -145,35 +146,9 @@ grpc::Status CombinerCore::download(grpc::ServerContext* context,
         return {grpc::StatusCode::NOT_FOUND,
                 description + ": the combiner has no " + kind_name(kind) + " with this id"};
     }
-    try {
-        // The store is content-addressed: the id is the digest, no need to hash again.
-        proto::FileChunker chunker(m_store.path(kind, id), request.offset(),
-                                   proto::k_default_chunk_size, false);
-        v1::DownloadChunk message;
-        auto* header = message.mutable_header();
-        header->set_id(id);
-        header->set_sha256(id);
-        header->set_size(chunker.size());
-        header->set_offset(request.offset());
-        if (!writer->Write(message)) {
-            return {grpc::StatusCode::CANCELLED, description + ": the client went away"};
-        }
-        while (!chunker.done()) {
-            if (context->IsCancelled()) {
-                return {grpc::StatusCode::CANCELLED, description + ": cancelled"};
-            }
-            auto* data = message.mutable_data();
-            data->set_offset(chunker.offset());
-            auto view = chunker.next_view();
-            data->set_data(view.data(), view.size());
-            if (!writer->Write(message)) {
-                return {grpc::StatusCode::CANCELLED, description + ": the client went away"};
-            }
-        }
-    } catch (const Error& failure) {
-        return {grpc::StatusCode::INVALID_ARGUMENT, description + ": " + failure.what()};
-    }
-    return grpc::Status::OK;
+    // The store is content-addressed: the id is the digest.
+    return proto::serve_download(context, *writer, m_store.path(kind, id), id, request.offset(),
+                                 description);
 }
 
 grpc::Status CombinerCore::query_upload(const v1::UploadQuery& query, v1::UploadState* state) {

@@ -140,8 +140,7 @@ std::shared_ptr<grpc::Channel> make_channel(const std::string& target) {
     // Flow control: start each stream with a window of several chunks instead of HTTP/2's
     // 64 KiB, so a 1 MiB chunk does not wait for window updates (BDP probing grows the
     // window later anyway; this makes large transfers fast from the first chunk).
-    apply_transport_settings(
-        [&](const char* name, int value) { arguments.SetInt(name, value); });
+    apply_transport_settings([&](const char* name, int value) { arguments.SetInt(name, value); });
     arguments.SetInt(GRPC_ARG_KEEPALIVE_TIME_MS, 30000);
     arguments.SetInt(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 10000);
     arguments.SetInt(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
@@ -388,6 +387,39 @@ DownloadOutcome download_file(v1::Transfer::Stub& stub, v1::TransferKind kind,
     }
     throw_if_stopped(options, description);
     throw Error(description + " failed: " + last_problem);
+}
+
+grpc::Status serve_download(grpc::ServerContext* context,
+                            grpc::ServerWriter<v1::DownloadChunk>& writer,
+                            const std::filesystem::path& file, const std::string& id,
+                            std::uint64_t offset, const std::string& description) {
+    try {
+        FileChunker chunker(file, offset, k_default_chunk_size, false);
+        v1::DownloadChunk message;
+        auto* header = message.mutable_header();
+        header->set_id(id);
+        header->set_sha256(id);
+        header->set_size(chunker.size());
+        header->set_offset(offset);
+        if (!writer.Write(message)) {
+            return {grpc::StatusCode::CANCELLED, description + ": the client went away"};
+        }
+        while (!chunker.done()) {
+            if (context && context->IsCancelled()) {
+                return {grpc::StatusCode::CANCELLED, description + ": cancelled"};
+            }
+            auto* data = message.mutable_data();
+            data->set_offset(chunker.offset());
+            auto view = chunker.next_view();
+            data->set_data(view.data(), view.size());
+            if (!writer.Write(message)) {
+                return {grpc::StatusCode::CANCELLED, description + ": the client went away"};
+            }
+        }
+    } catch (const Error& failure) {
+        return {grpc::StatusCode::INVALID_ARGUMENT, description + ": " + failure.what()};
+    }
+    return grpc::Status::OK;
 }
 
 }  // namespace fedcli::proto

@@ -89,4 +89,14 @@ DownloadOutcome download_file(fedcli::v1::Transfer::Stub& stub, fedcli::v1::Tran
                               const std::string& id, const std::filesystem::path& destination,
                               const TransferOptions& options = {});
 
+/// The server side of Transfer.Download for a file whose id is its sha256: sends the
+/// header {id, size, sha256 = id, offset}, then the file from `offset` in 1 MiB chunks (not
+/// hashed again: the id is the digest). Returns CANCELLED when the client went away or
+/// `context` was cancelled, INVALID_ARGUMENT when the file cannot be read or the offset is
+/// past its end; messages start with `description`.
+grpc::Status serve_download(grpc::ServerContext* context,
+                            grpc::ServerWriter<fedcli::v1::DownloadChunk>& writer,
+                            const std::filesystem::path& file, const std::string& id,
+                            std::uint64_t offset, const std::string& description);
+
 }  // namespace fedcli::proto

@@ -142,28 +142,8 @@ class FakeTransfer final : public v1::Transfer::Service {
         if (id.empty() || !fs::exists(path)) {
             return {grpc::StatusCode::NOT_FOUND, "no file " + id};
         }
-        try {
-            FileChunker chunker(path, request->offset());
-            v1::DownloadChunk message;
-            auto* header = message.mutable_header();
-            header->set_id(id);
-            header->set_sha256(id);
-            header->set_size(chunker.size());
-            header->set_offset(request->offset());
-            if (!writer->Write(message)) return {grpc::StatusCode::CANCELLED, "client went away"};
-            while (!chunker.done()) {
-                auto* data = message.mutable_data();
-                data->set_offset(chunker.offset());
-                auto view = chunker.next_view();
-                data->set_data(view.data(), view.size());
-                if (!writer->Write(message)) {
-                    return {grpc::StatusCode::CANCELLED, "client went away"};
-                }
-            }
-        } catch (const fedcli::Error& e) {
-            return {grpc::StatusCode::INTERNAL, e.what()};
-        }
-        return grpc::Status::OK;
+        return fedcli::proto::serve_download(nullptr, *writer, path, id, request->offset(),
+                                             "download");
     }
 
     grpc::Status QueryUpload(grpc::ServerContext*, const v1::UploadQuery* query,

@@ -13,6 +13,7 @@
 
 #include "core/error.hpp"
 #include "core/proto/fedcli.grpc.pb.h"
+#include "core/proto/rpc.hpp"
 #include "core/proto/transfer.hpp"
 #include "core/util/sha256.hpp"
 #include "tests/unit/support.hpp"
@@ -222,28 +223,8 @@ class TestTransferService final : public v1::Transfer::Service {
         if (request->sha256().empty() || !fs::exists(path)) {
             return {grpc::StatusCode::NOT_FOUND, "no file " + request->sha256()};
         }
-        try {
-            FileChunker chunker(path, request->offset());
-            v1::DownloadChunk message;
-            auto* header = message.mutable_header();
-            header->set_id(request->sha256());
-            header->set_sha256(request->sha256());
-            header->set_size(chunker.size());
-            header->set_offset(request->offset());
-            if (!writer->Write(message)) return {grpc::StatusCode::CANCELLED, "client went away"};
-            while (!chunker.done()) {
-                auto* data = message.mutable_data();
-                data->set_offset(chunker.offset());
-                auto view = chunker.next_view();
-                data->set_data(view.data(), view.size());
-                if (!writer->Write(message)) {
-                    return {grpc::StatusCode::CANCELLED, "client went away"};
-                }
-            }
-        } catch (const fedcli::Error& e) {
-            return {grpc::StatusCode::INTERNAL, e.what()};
-        }
-        return grpc::Status::OK;
+        return fedcli::proto::serve_download(nullptr, *writer, path, request->sha256(),
+                                             request->offset(), "download");
     }
 
     grpc::Status QueryUpload(grpc::ServerContext*, const v1::UploadQuery* query,
