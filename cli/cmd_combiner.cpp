@@ -2,8 +2,6 @@
 // SIGINT or SIGTERM. Options come from flags, else from a combiner.yaml (--config), else
 // the library's defaults. The event log goes to stdout, one flushed line per event.
 #include <malloc.h>
-#include <netdb.h>
-#include <sys/socket.h>
 #include <unistd.h>
 #include <yaml-cpp/yaml.h>
 
@@ -144,36 +142,6 @@ void write_port_file(const std::filesystem::path& file, int port) {
     }
 }
 
-/// gRPC listens with SO_REUSEPORT, so a second combiner on a busy port would share it
-/// silently and get half the connections. A plain bind() first turns that into an error.
-void check_port_free(const std::string& host, int port) {
-    addrinfo hints{};
-    hints.ai_family = AF_UNSPEC;
-    hints.ai_socktype = SOCK_STREAM;
-    hints.ai_flags = AI_PASSIVE;
-    addrinfo* addresses = nullptr;
-    std::string bare = host.size() > 2 && host.front() == '[' && host.back() == ']'
-                           ? host.substr(1, host.size() - 2)
-                           : host;
-    if (::getaddrinfo(bare.c_str(), std::to_string(port).c_str(), &hints, &addresses) != 0) {
-        return;  // gRPC reports an address it cannot resolve
-    }
-    std::string problem;
-    for (addrinfo* address = addresses; address && problem.empty(); address = address->ai_next) {
-        int fd = ::socket(address->ai_family, address->ai_socktype, address->ai_protocol);
-        if (fd < 0) continue;
-        if (::bind(fd, address->ai_addr, address->ai_addrlen) != 0 && errno == EADDRINUSE) {
-            problem = std::strerror(errno);
-        }
-        ::close(fd);
-    }
-    ::freeaddrinfo(addresses);
-    if (!problem.empty()) {
-        throw Error("cannot listen on " + host + ":" + std::to_string(port) + ": " + problem +
-                    " (another combiner running? pick another --port, or 0 for any free one)");
-    }
-}
-
 struct StartOptions {
     std::string host = combiner::Options{}.host;
     int port = combiner::Options{}.port;
@@ -223,7 +191,6 @@ int combiner_start(const StartOptions& options, std::ostream& out) {
     out.setf(std::ios::unitbuf);  // every event line reaches a pipe or file at once
     settings.log = &out;
 
-    if (settings.port != 0) check_port_free(settings.host, settings.port);
     combiner::Combiner server(settings);
     server.start();
     const int port = server.port();

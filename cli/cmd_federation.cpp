@@ -115,8 +115,7 @@ void CombinerConnection::fail(const grpc::Status& status, std::string_view what)
 }
 
 std::string short_id(std::string_view id) {
-    if (id.empty()) return "-";
-    return std::string(id.substr(0, 8));
+    return id.empty() ? "-" : util::short_id(id);
 }
 
 std::string utc_time(std::int64_t unix_ms) {

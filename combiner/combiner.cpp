@@ -1,6 +1,13 @@
 // The combiner's gRPC server: services wired to CombinerCore, start and shutdown.
 #include "combiner/combiner.hpp"
 
+#include <netdb.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+
 #include "combiner/internal.hpp"
 #include "core/error.hpp"
 #include "core/proto/rpc.hpp"
@@ -105,6 +112,32 @@ std::string listen_address(const std::string& host, int port) {
     return (ipv6 ? "[" + host + "]" : host) + ":" + std::to_string(port);
 }
 
+/// Why `host:port` cannot be listened on, found with a plain bind() (gRPC only says that
+/// it failed): "Address already in use", "Cannot assign requested address", ...; empty
+/// when a bind succeeds or the host does not resolve.
+std::string bind_problem(const std::string& host, int port) {
+    addrinfo hints{};
+    hints.ai_family = AF_UNSPEC;
+    hints.ai_socktype = SOCK_STREAM;
+    hints.ai_flags = AI_PASSIVE;
+    addrinfo* addresses = nullptr;
+    std::string bare = host.size() > 2 && host.front() == '[' && host.back() == ']'
+                           ? host.substr(1, host.size() - 2)
+                           : host;
+    if (::getaddrinfo(bare.c_str(), std::to_string(port).c_str(), &hints, &addresses) != 0) {
+        return {};
+    }
+    std::string problem;
+    for (addrinfo* address = addresses; address && problem.empty(); address = address->ai_next) {
+        int fd = ::socket(address->ai_family, address->ai_socktype, address->ai_protocol);
+        if (fd < 0) continue;
+        if (::bind(fd, address->ai_addr, address->ai_addrlen) != 0) problem = std::strerror(errno);
+        ::close(fd);
+    }
+    ::freeaddrinfo(addresses);
+    return problem;
+}
+
 }  // namespace
 
 CombinerCore::CombinerCore(Options options)
@@ -154,8 +187,10 @@ void CombinerCore::start() {
     m_server = builder.BuildAndStart();
     if (!m_server || m_port == 0) {
         m_server.reset();
-        throw Error("combiner: cannot listen on " + address +
-                    " (address in use, or not an address of this machine)");
+        std::string problem = bind_problem(m_options.host, m_options.port);
+        if (problem.empty()) problem = "not an address of this machine?";
+        throw Error("cannot listen on " + address + ": " + problem +
+                    " (another combiner running? pick another --port, or 0 for any free one)");
     }
     m_started = true;
     m_watchdog = std::thread([this] { watchdog_loop(); });

@@ -563,20 +563,6 @@ bool PassReport::clean() const {
 PassReport run_mean_pass(const MeanPass& pass) {
     const Layout& layout = *pass.layout;
     std::size_t sources = pass.sources.size();
-    // 256 Ki elements: long sequential runs per update, still many chunks to balance.
-    // Released files: about 2 MiB of all sources together per chunk (each thread stages one
-    // chunk of every source at a time), from 16 Ki to 256 Ki elements.
-    bool releasing = std::any_of(pass.sources.begin(), pass.sources.end(), [](const Source* s) {
-        return s->file && s->file->residency() == npz::Residency::release;
-    });
-    std::uint64_t chunk_elements = 1 << 18;
-    if (releasing) {
-        chunk_elements =
-            std::clamp<std::uint64_t>((std::uint64_t{2} << 20) / (4 * sources), 1 << 14, 1 << 18);
-    }
-    auto chunks = float_chunks(layout, chunk_elements);
-    NonFiniteTracker tracker(sources);
-    std::atomic<bool> overflow{false};
     // Files mapped with Residency::release are not read through the mapping at all: each
     // chunk is copied with pread into a per-thread staging buffer (reused from chunk to
     // chunk), so a pass over many large updates adds no file-backed pages to the resident
@@ -587,6 +573,17 @@ PassReport run_mean_pass(const MeanPass& pass) {
         const auto& file = pass.sources[k]->file;
         if (file && file->residency() == npz::Residency::release) release[k] = file.get();
     }
+    // 256 Ki elements: long sequential runs per update, still many chunks to balance.
+    // Released files: about 2 MiB of all sources together per chunk (each thread stages one
+    // chunk of every source at a time), from 16 Ki to 256 Ki elements.
+    std::uint64_t chunk_elements = 1 << 18;
+    if (std::any_of(release.begin(), release.end(), [](auto* file) { return file; })) {
+        chunk_elements =
+            std::clamp<std::uint64_t>((std::uint64_t{2} << 20) / (4 * sources), 1 << 14, 1 << 18);
+    }
+    auto chunks = float_chunks(layout, chunk_elements);
+    NonFiniteTracker tracker(sources);
+    std::atomic<bool> overflow{false};
 
     parallel_for(chunks.size(), pass.threads, [&](std::size_t task) {
         const Chunk& chunk = chunks[task];

@@ -48,3 +48,14 @@ model = np.load(sys.argv[1])
 json.dump({"mean": float(np.mean(model["0"]))}, open(sys.argv[2], "w"))
 PY
 }
+
+# Writes the toy project into ./proj, builds its seed, starts a combiner (fast heartbeats)
+# and makes the seed its model: what every toy-project federation test starts with.
+start_toy_federation() {
+    write_toy_project proj
+    run_fedcli run build --path proj
+    expect_rc 0
+    start_combiner --heartbeat-interval 0.5
+    run_fedcli model push proj/seed.npz
+    expect_rc 0
+}

@@ -4,13 +4,7 @@
 source "$(dirname "$0")/lib.sh"
 source "$(dirname "$0")/federation_project.sh"
 cd "$WORK"
-write_toy_project proj
-run_fedcli run build --path proj
-expect_rc 0
-
-start_combiner --heartbeat-interval 0.5
-run_fedcli model push proj/seed.npz
-expect_rc 0
+start_toy_federation
 start_client fast0 --path proj --env CLIENT_NUMBER=0
 start_client fast1 --path proj --env CLIENT_NUMBER=1
 start_client slow --path proj --env CLIENT_NUMBER=2 --env MODE=slow
