@@ -40,14 +40,24 @@ using Clock = std::chrono::steady_clock;
 
 constexpr std::uint32_t k_protocol_version = 1;
 constexpr std::chrono::milliseconds k_default_heartbeat{2000};
-/// A connection that stayed up this long resets the reconnect backoff.
-constexpr std::chrono::seconds k_stable_connection{5};
+/// A welcome on a connection that stayed up this long resets the reconnect backoff (a
+/// combiner restarted twice in a row is reached again quickly; one that drops each stream
+/// at once is not hammered).
+constexpr std::chrono::seconds k_stable_connection{1};
 /// Deadline for one report RPC; a report that does not go through is retried.
 constexpr std::chrono::seconds k_report_rpc_timeout{30};
 /// Without a task deadline, reports are retried for this long.
 constexpr std::chrono::minutes k_report_retry_window{5};
 /// How many recent tasks' input models stay in work_dir/models.
 constexpr std::size_t k_models_kept = 2;
+// Entry-point output streamed to the combiner (LogLines): batched for up to this long,
+// at most this many lines per task (the log file in the work folder has everything),
+// lines cut at this length, and at most this many lines held while disconnected.
+constexpr std::chrono::milliseconds k_log_batch_delay{200};
+constexpr std::size_t k_log_batch_lines = 256;
+constexpr std::size_t k_log_lines_per_task = 20000;
+constexpr std::size_t k_log_line_bytes = 4096;
+constexpr std::size_t k_log_lines_held = 10000;
 constexpr const char* k_startup_marker = ".fedcli-startup-done";
 
 using util::is_sha256;
@@ -59,19 +69,6 @@ std::string seconds_text(std::chrono::milliseconds duration) {
     char text[32];
     std::snprintf(text, sizeof text, "%.1f s", static_cast<double>(duration.count()) / 1000.0);
     return text;
-}
-
-std::string kind_name(v1::TaskKind kind) {
-    switch (kind) {
-        case v1::TASK_KIND_TRAIN:
-            return "train";
-        case v1::TASK_KIND_VALIDATE:
-            return "validate";
-        case v1::TASK_KIND_PREDICT:
-            return "predict";
-        default:
-            return "unknown";
-    }
 }
 
 std::string first_line(const std::string& text) {
@@ -166,6 +163,9 @@ class Client::Impl {
     void send_task_status(const std::string& task_id, v1::TaskState state,
                           const std::string& message = {}, const TaskFailure* failure = nullptr);
     void set_status(v1::ClientStatus status);
+    /// Queues a line of the running task's entry point for the combiner (heartbeat thread
+    /// sends it).
+    void stream_line(const std::string& task_id, std::string_view line, dispatch::Stream stream);
     /// Waits up to `delay` or until stop(); false when stopped.
     bool wait_or_stop(std::chrono::milliseconds delay);
     bool stopping() const { return m_stop.stop_requested(); }
@@ -217,7 +217,14 @@ class Client::Impl {
     std::string m_running_task;
     std::optional<std::stop_source> m_task_stop;  // the running task's cancellation
 
-    // Writes on the stream (heartbeats, task statuses) go one at a time.
+    // Entry-point output not yet sent, oldest first; the heartbeat thread sends it once
+    // m_log_due has passed.
+    std::deque<v1::LogLines> m_pending_logs;
+    std::size_t m_pending_log_lines = 0;
+    std::size_t m_task_log_lines = 0;  // lines of the running task so far
+    Clock::time_point m_log_due{};
+
+    // Writes on the stream (heartbeats, task statuses, log lines) go one at a time.
     std::mutex m_write_mutex;
     grpc::ClientReaderWriter<v1::ClientMessage, v1::ServerMessage>* m_stream = nullptr;
     std::uint64_t m_sequence = 0;
@@ -429,24 +436,78 @@ bool Client::Impl::connect_once(std::string& why) {
 
 void Client::Impl::heartbeat_loop(std::chrono::milliseconds interval) {
     std::unique_lock lock(m_mutex);
-    while (true) {
-        m_wake.wait_for(lock, interval, [this] { return m_heartbeat_stop || m_status_changed; });
-        if (m_heartbeat_stop) return;
-        m_status_changed = false;
-        v1::ClientMessage message;
-        v1::Heartbeat* heartbeat = message.mutable_heartbeat();
-        heartbeat->set_status(m_status);
-        heartbeat->set_package_sha256(m_installed_package);
+    auto next_beat = Clock::now() + interval;
+    while (!m_heartbeat_stop) {
+        const auto now = Clock::now();
+        const bool beat = m_status_changed || now >= next_beat;
+        const bool flush = !m_pending_logs.empty() && now >= m_log_due;
+        if (!beat && !flush) {
+            auto deadline = next_beat;
+            if (!m_pending_logs.empty()) deadline = std::min(deadline, m_log_due);
+            m_wake.wait_until(lock, deadline);
+            continue;
+        }
+        std::vector<v1::ClientMessage> messages;
+        if (flush) {
+            for (auto& lines : m_pending_logs) {
+                *messages.emplace_back().mutable_log_lines() = std::move(lines);
+            }
+            m_pending_logs.clear();
+            m_pending_log_lines = 0;
+        }
+        if (beat) {
+            m_status_changed = false;
+            next_beat = now + interval;
+            v1::Heartbeat* heartbeat = messages.emplace_back().mutable_heartbeat();
+            heartbeat->set_status(m_status);
+            heartbeat->set_package_sha256(m_installed_package);
+        }
         lock.unlock();
         {
             std::lock_guard write_lock(m_write_mutex);
-            if (m_stream) {
-                heartbeat->set_sequence(++m_sequence);
+            for (auto& message : messages) {
+                if (!m_stream) break;
+                if (message.has_heartbeat())
+                    message.mutable_heartbeat()->set_sequence(++m_sequence);
                 m_stream->Write(message);
             }
         }
         lock.lock();
     }
+}
+
+void Client::Impl::stream_line(const std::string& task_id, std::string_view line,
+                               dispatch::Stream stream) {
+    {
+        std::lock_guard lock(m_mutex);
+        if (++m_task_log_lines > k_log_lines_per_task) {
+            if (m_task_log_lines != k_log_lines_per_task + 1) return;
+            line = "[fedcli: further output is not streamed; it is in the client's log file]";
+        }
+        const v1::LogStream kind =
+            stream == dispatch::Stream::err ? v1::LOG_STREAM_STDERR : v1::LOG_STREAM_STDOUT;
+        if (m_pending_logs.empty() || m_pending_logs.back().task_id() != task_id ||
+            m_pending_logs.back().stream() != kind) {
+            if (m_pending_logs.empty()) m_log_due = Clock::now() + k_log_batch_delay;
+            v1::LogLines& lines = m_pending_logs.emplace_back();
+            lines.set_task_id(task_id);
+            lines.set_stream(kind);
+        }
+        std::string text(line.substr(0, k_log_line_bytes));
+        if (line.size() > k_log_line_bytes) text += " [...]";
+        m_pending_logs.back().add_lines(std::move(text));
+        ++m_pending_log_lines;
+        // While disconnected the oldest lines go first.
+        while (m_pending_log_lines > k_log_lines_held && !m_pending_logs.empty()) {
+            auto* lines = m_pending_logs.front().mutable_lines();
+            lines->erase(lines->begin());
+            --m_pending_log_lines;
+            if (lines->empty()) m_pending_logs.pop_front();
+        }
+        if (m_pending_log_lines < k_log_batch_lines) return;
+        m_log_due = Clock::now();
+    }
+    m_wake.notify_all();
 }
 
 bool Client::Impl::send(const v1::ClientMessage& message) {
@@ -498,8 +559,9 @@ void Client::Impl::handle(const v1::ServerMessage& message) {
         m_wake.notify_all();
     } else if (message.has_task()) {
         const v1::Task& task = message.task();
-        log("task " + short_id(task.task_id()) + " received: " + kind_name(task.kind()) +
-            ", round " + std::to_string(task.round_id()) + ", model " + short_id(task.model_id()));
+        log("task " + short_id(task.task_id()) +
+            " received: " + std::string(proto::task_kind_name(task.kind())) + ", round " +
+            std::to_string(task.round_id()) + ", model " + short_id(task.model_id()));
         send_task_status(task.task_id(), v1::TASK_STATE_RECEIVED);
         std::lock_guard lock(m_mutex);
         m_jobs.push_back(task);
@@ -705,11 +767,15 @@ dispatch::RunResult Client::Impl::run_entry(const v1::Task& task, const std::str
     request.environment = m_options.environment;
     request.log_file = m_options.work_dir / "logs" / (entry + ".log");
     request.stop = stop;
-    if (m_options.echo_output) {
-        request.on_line = [this, entry](std::string_view line, dispatch::Stream) {
-            log("[" + entry + "] " + std::string(line));
-        };
+    {
+        std::lock_guard lock(m_mutex);
+        m_task_log_lines = 0;
     }
+    request.on_line = [this, entry, task_id = task.task_id()](std::string_view line,
+                                                              dispatch::Stream stream) {
+        stream_line(task_id, line, stream);
+        if (m_options.echo_output) log("[" + entry + "] " + std::string(line));
+    };
     dispatch::ProcessResult process;
     request.process_result = &process;
     try {
@@ -830,7 +896,7 @@ void Client::Impl::report_validation(const v1::Task& task, const dispatch::RunRe
 void Client::Impl::run_task(const v1::Task& task) {
     const auto started = Clock::now();
     const std::string id = short_id(task.task_id());
-    const std::string entry = kind_name(task.kind());
+    const std::string entry = std::string(proto::task_kind_name(task.kind()));
     std::stop_token stop;
     {
         std::lock_guard lock(m_mutex);

@@ -102,6 +102,20 @@ class ControlService final : public v1::Control::Service {
         *response = m_impl.list_models();
         return grpc::Status::OK;
     }
+    grpc::Status ResumeSession(grpc::ServerContext*, const v1::ResumeSessionRequest* request,
+                               v1::StartSessionResponse* response) override {
+        *response = m_impl.resume_session(*request);
+        return grpc::Status::OK;
+    }
+    grpc::Status ListSessions(grpc::ServerContext*, const v1::ListSessionsRequest*,
+                              v1::ListSessionsResponse* response) override {
+        *response = m_impl.list_sessions();
+        return grpc::Status::OK;
+    }
+    grpc::Status GetLogs(grpc::ServerContext* context, const v1::GetLogsRequest* request,
+                         grpc::ServerWriter<v1::LogBatch>* writer) override {
+        return m_impl.get_logs(context, *request, writer);
+    }
 
   private:
     CombinerCore& m_impl;
@@ -164,6 +178,12 @@ void CombinerCore::start() {
     std::lock_guard shutdown_lock(m_shutdown_mutex);
     if (m_started) throw Error("combiner: already started");
     m_store.create();
+    m_db = std::make_unique<Database>(m_options.data_dir / "state.db");
+    m_db->set_error_callback([this](const std::string& message) { log("error: " + message); });
+    {
+        std::lock_guard lock(m_mutex);
+        load_state();
+    }
     m_services.push_back(std::make_unique<FederationService>(*this));
     m_services.push_back(std::make_unique<TransferService>(*this));
     m_services.push_back(std::make_unique<ControlService>(*this));
@@ -213,20 +233,38 @@ void CombinerCore::shutdown() {
     }
     m_changed.notify_all();
     m_stop_changed.notify_all();
+    m_logs_changed.notify_all();
     m_store.wake_transfers();
 
     // The runner cancels its open tasks on the still open streams, then ends the session.
     if (m_active && m_active->thread.joinable()) m_active->thread.join();
     if (m_watchdog.joinable()) m_watchdog.join();
+    std::vector<std::shared_ptr<Connection>> connections;
     {
         std::lock_guard lock(m_mutex);
         for (auto& [id, client] : m_state.clients) {
-            if (client.connection) client.connection->cancel();
+            if (client.connection) connections.push_back(client.connection);
         }
     }
+    // Queued CancelTask messages reach the clients before their streams are cancelled.
+    const auto deadline = Clock::now() + std::chrono::seconds(1);
+    for (const auto& connection : connections) connection->drain_then_cancel(deadline);
     // Streams were cancelled above; anything else in flight gets a moment to finish.
     m_server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
     m_server->Wait();
+    {
+        std::lock_guard lock(m_mutex);
+        for (auto& [id, client] : m_state.clients) {
+            if (!client.info.online()) continue;
+            client.info.set_online(false);
+            persist_client(client);
+        }
+    }
+    try {
+        m_db->flush();
+    } catch (const Error& error) {
+        log("error: " + std::string(error.what()));
+    }
     log("combiner stopped");
     {
         std::lock_guard lock(m_mutex);

@@ -26,6 +26,13 @@ void Connection::cancel() {
     if (m_context) m_context->TryCancel();
 }
 
+void Connection::drain_then_cancel(Clock::time_point deadline) {
+    std::unique_lock lock(m_mutex);
+    m_changed.wait_until(lock, deadline,
+                         [&] { return m_writer_done || (m_queue.empty() && !m_writing); });
+    if (m_context) m_context->TryCancel();
+}
+
 void Connection::write_loop() {
     std::unique_lock lock(m_mutex);
     for (;;) {
@@ -33,9 +40,12 @@ void Connection::write_loop() {
         if (m_queue.empty()) break;  // closing with nothing left to send
         v1::ServerMessage message = std::move(m_queue.front());
         m_queue.pop_front();
+        m_writing = true;
         lock.unlock();
         bool written = m_stream->Write(message);
         lock.lock();
+        m_writing = false;
+        m_changed.notify_all();
         if (!written) break;  // the stream is gone; nothing more can be sent
     }
     m_writer_done = true;

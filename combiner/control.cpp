@@ -79,6 +79,9 @@ v1::Ack CombinerCore::set_package(const v1::SetPackageRequest& request) {
     m_state.package_sha256 = sha256;
     m_state.package_name = request.name();
     m_state.package_size = size;
+    m_db->save_setting("package_sha256", sha256);
+    m_db->save_setting("package_name", request.name());
+    m_db->save_setting("package_size", std::to_string(size));
     std::size_t announced = 0;
     for (auto& [id, client] : m_state.clients) {
         if (!client.info.online() || !client.connection || client.has_capability("local-package"))
@@ -116,11 +119,13 @@ v1::Ack CombinerCore::set_seed_model(const v1::SetSeedModelRequest& request) {
     auto size = std::filesystem::file_size(m_store.model_path(id), ignored);
     std::lock_guard lock(m_mutex);
     m_state.seed_model_id = id;
+    m_db->save_setting("seed_model_id", id);
     if (!m_state.find_model(id)) {
         v1::ModelInfo& model = m_state.models.emplace_back();
         model.set_model_id(id);
         model.set_size(size);
         model.set_created_unix_ms(now_unix_ms());
+        persist_model(model);
     }
     log_status("seed model " + short_id(id) + " set");
     return accept();
@@ -143,6 +148,18 @@ v1::StartSessionResponse CombinerCore::start_session(const v1::StartSessionReque
                    "): no round could ever collect enough updates");
         return response;
     }
+    if (!(config.clients_fraction() >= 0.0 && config.clients_fraction() <= 1.0)) {
+        *response.mutable_ack() = refuse("clients_fraction must be in (0, 1], got " +
+                                         std::to_string(config.clients_fraction()));
+        return response;
+    }
+    if (config.buffer_size() != 0 && config.buffer_size() < config.min_clients()) {
+        *response.mutable_ack() =
+            refuse("buffer_size (" + std::to_string(config.buffer_size()) +
+                   ") is less than min_clients (" + std::to_string(config.min_clients()) +
+                   "): a full buffer could never commit the round");
+        return response;
+    }
     std::unique_ptr<aggregate::Aggregator> aggregator;
     try {
         parse_object(config.settings_json(), "settings_json");
@@ -163,16 +180,9 @@ v1::StartSessionResponse CombinerCore::start_session(const v1::StartSessionReque
 
     std::lock_guard fold_lock(m_fold_mutex);
     std::unique_lock lock(m_mutex);
-    if (m_stopping) {
-        *response.mutable_ack() = refuse("the combiner is shutting down");
+    if (std::string busy = refuse_if_busy(lock); !busy.empty()) {
+        *response.mutable_ack() = refuse(busy);
         return response;
-    }
-    for (const auto& session : m_state.sessions) {
-        if (session.state == v1::SESSION_STATE_RUNNING) {
-            *response.mutable_ack() =
-                refuse("session " + session.id + " is running; stop it first (StopSession)");
-            return response;
-        }
     }
     if (config.model_id().empty()) config.set_model_id(m_state.latest_model_id());
     if (config.model_id().empty()) {
@@ -188,17 +198,6 @@ v1::StartSessionResponse CombinerCore::start_session(const v1::StartSessionReque
                                          " is not a readable parameter file: " + error.what());
         return response;
     }
-    // The previous runner has finished (its session is no longer RUNNING); reap it.
-    if (m_active && m_active->thread.joinable()) {
-        lock.unlock();
-        m_active->thread.join();
-        lock.lock();
-        if (m_stopping) {
-            *response.mutable_ack() = refuse("the combiner is shutting down");
-            return response;
-        }
-    }
-
     SessionRecord& session = m_state.sessions.emplace_back();
     session.id = random_hex(16);
     session.config = config;
@@ -206,18 +205,123 @@ v1::StartSessionResponse CombinerCore::start_session(const v1::StartSessionReque
     session.state = v1::SESSION_STATE_RUNNING;
     session.started_unix_ms = now_unix_ms();
     session.message = "session " + short_id(session.id) + " started";
-    auto active = std::make_unique<ActiveSession>();
-    active->id = session.id;
-    active->aggregator = std::move(aggregator);
     log_status("session " + short_id(session.id) + " started: " + std::to_string(config.rounds()) +
                (config.rounds() == 1 ? " round" : " rounds") + ", aggregator " +
                config.aggregator() + ", min_clients " + std::to_string(config.min_clients()) +
                ", model " + short_id(config.model_id()));
+    launch_session(session, std::move(aggregator));
+    *response.mutable_ack() = accept();
+    response.set_session_id(session.id);
+    return response;
+}
+
+std::string CombinerCore::refuse_if_busy(std::unique_lock<std::mutex>& lock) {
+    if (m_stopping) return "the combiner is shutting down";
+    for (const auto& session : m_state.sessions) {
+        if (session.state == v1::SESSION_STATE_RUNNING) {
+            return "session " + session.id + " is running; stop it first (StopSession)";
+        }
+    }
+    // The previous runner has finished (its session is no longer RUNNING); reap it.
+    if (m_active && m_active->thread.joinable()) {
+        lock.unlock();
+        m_active->thread.join();
+        lock.lock();
+        if (m_stopping) return "the combiner is shutting down";
+    }
+    return {};
+}
+
+void CombinerCore::launch_session(SessionRecord& session,
+                                  std::unique_ptr<aggregate::Aggregator> aggregator) {
+    for (auto& [id, client] : m_state.clients) {
+        // Failure streaks count within a session: everyone starts with a clean slate.
+        if (client.info.consecutive_failures() != 0 || client.info.skipped()) {
+            client.info.set_consecutive_failures(0);
+            client.info.set_skipped(false);
+            persist_client(client);
+        }
+    }
+    persist_session(session);
+    auto active = std::make_unique<ActiveSession>();
+    active->id = session.id;
+    active->aggregator = std::move(aggregator);
+    active->state_dir = m_store.root() / "sessions" / session.id;
     ActiveSession* runner = active.get();
     m_active = std::move(active);
     m_active->thread = std::thread([this, runner] { run_session(runner); });
+}
+
+v1::StartSessionResponse CombinerCore::resume_session(const v1::ResumeSessionRequest& request) {
+    v1::StartSessionResponse response;
+    std::lock_guard fold_lock(m_fold_mutex);
+    std::unique_lock lock(m_mutex);
+    if (std::string busy = refuse_if_busy(lock); !busy.empty()) {
+        *response.mutable_ack() = refuse(busy);
+        return response;
+    }
+    SessionRecord* session = nullptr;
+    if (request.session_id().empty()) {
+        if (m_state.sessions.empty()) {
+            *response.mutable_ack() = refuse("no session to resume: none has run yet");
+            return response;
+        }
+        session = &m_state.sessions.back();
+    } else {
+        for (auto& candidate : m_state.sessions) {
+            if (candidate.id.rfind(request.session_id(), 0) != 0) continue;
+            if (session) {
+                *response.mutable_ack() =
+                    refuse("session id '" + request.session_id() + "' is ambiguous");
+                return response;
+            }
+            session = &candidate;
+        }
+        if (!session) {
+            *response.mutable_ack() = refuse("no session '" + request.session_id() + "'");
+            return response;
+        }
+    }
+    const std::uint32_t committed = session->rounds_committed();
+    if (request.rounds() > 0) {
+        session->config.set_rounds(committed + request.rounds());
+    } else if (committed >= session->config.rounds()) {
+        *response.mutable_ack() = refuse("session " + session->id + " has run all its " +
+                                         std::to_string(session->config.rounds()) +
+                                         " rounds; give a number of further rounds to run more");
+        return response;
+    }
+    const std::string model_id = session->latest_model_id();
+    if (!m_store.has(v1::TRANSFER_KIND_MODEL, model_id)) {
+        *response.mutable_ack() = refuse("session " + session->id + ": its latest model " +
+                                         short_id(model_id) + " is missing from the model store");
+        return response;
+    }
+    std::unique_ptr<aggregate::Aggregator> aggregator;
+    try {
+        aggregator = make_session_aggregator(session->config.aggregator(),
+                                             session->config.aggregator_config_json());
+    } catch (const Error& error) {
+        *response.mutable_ack() = refuse(error.what());
+        return response;
+    }
+    const v1::SessionState was = session->state;
+    session->state = v1::SESSION_STATE_RUNNING;
+    session->ended_unix_ms = 0;
+    session->message = "session " + short_id(session->id) + " resumed";
+    log_status("session " + short_id(session->id) + " resumed (was " + v1::SessionState_Name(was) +
+               ") at round " + std::to_string(committed + 1) + " of " +
+               std::to_string(session->config.rounds()) + ", model " + short_id(model_id));
+    launch_session(*session, std::move(aggregator));
     *response.mutable_ack() = accept();
-    response.set_session_id(session.id);
+    response.set_session_id(session->id);
+    return response;
+}
+
+v1::ListSessionsResponse CombinerCore::list_sessions() {
+    std::lock_guard lock(m_mutex);
+    v1::ListSessionsResponse response;
+    for (const auto& session : m_state.sessions) *response.add_sessions() = session.info();
     return response;
 }
 
@@ -235,6 +339,15 @@ v1::Ack CombinerCore::stop_session(const v1::StopSessionRequest& request) {
                       running->id + " is)");
     }
     const std::string id = running->id;
+    if (!request.now() && m_active->tasks_sent) {
+        // The round in progress finishes (and validates); the runner stops after it.
+        m_active->stop_after_round = true;
+        const std::uint64_t round = running->rounds.empty() ? 0 : running->rounds.back().round_id();
+        log("session " + short_id(id) + ": stop requested; it ends after round " +
+            std::to_string(round));
+        return accept("session " + id + " stops after round " + std::to_string(round) +
+                      " (use --now to stop during the round)");
+    }
     m_active->stop_requested = true;
     m_changed.notify_all();
     // Answer once the runner has cancelled the open tasks and ended the session, so that a
@@ -256,7 +369,11 @@ v1::StatusResponse CombinerCore::status() {
         response.set_session_id(session.id);
         response.set_session_state(session.state);
         response.set_rounds(session.config.rounds());
-        if (!session.rounds.empty()) response.set_current_round(session.rounds.back().round_id());
+        if (!session.rounds.empty()) {
+            response.set_current_round(session.rounds.back().round_id());
+            *response.mutable_round() = session.rounds.back();
+        }
+        *response.mutable_session() = session.info();
     }
     response.set_clients_online(static_cast<std::uint32_t>(m_state.clients_online()));
     response.set_clients_known(static_cast<std::uint32_t>(m_state.clients.size()));
@@ -275,13 +392,40 @@ v1::ListClientsResponse CombinerCore::list_clients() {
         return std::tie(a->info.name(), a->info.client_id()) <
                std::tie(b->info.name(), b->info.client_id());
     });
-    for (const ClientRecord* client : clients) *response.add_clients() = client->info;
+    // Contributions: committed rounds whose aggregation used the client's update.
+    std::map<std::string, std::pair<std::uint32_t, std::uint64_t>> contributed;
+    for (const auto& session : m_state.sessions) {
+        for (const auto& round : session.rounds) {
+            if (round.state() != v1::ROUND_STATE_COMMITTED) continue;
+            for (const auto& update : round.updates()) {
+                if (!update.used()) continue;
+                auto& [rounds, examples] = contributed[update.client_id()];
+                ++rounds;
+                examples += update.num_examples();
+            }
+        }
+    }
+    for (const ClientRecord* client : clients) {
+        v1::ClientInfo& info = *response.add_clients();
+        info = client->info;
+        auto found = contributed.find(info.client_id());
+        if (found != contributed.end()) {
+            info.set_rounds_contributed(found->second.first);
+            info.set_examples_contributed(found->second.second);
+        }
+    }
     return response;
 }
 
 grpc::Status CombinerCore::list_rounds(const v1::ListRoundsRequest& request,
                                        v1::ListRoundsResponse* response) {
     std::lock_guard lock(m_mutex);
+    if (request.all_sessions()) {
+        for (const auto& session : m_state.sessions) {
+            for (const auto& round : session.rounds) *response->add_rounds() = round;
+        }
+        return grpc::Status::OK;
+    }
     const SessionRecord* session = nullptr;
     if (request.session_id().empty()) {
         if (m_state.sessions.empty()) return grpc::Status::OK;

@@ -11,7 +11,7 @@ namespace {
 constexpr std::uint32_t k_protocol_version = 1;
 
 /// Client ids a client may bring along: what we hand out (16 hex digits) and anything of
-/// similar shape, so ids survive a combiner restart (the registry is in memory).
+/// similar shape (a client keeps its id in its work folder).
 bool well_formed_client_id(const std::string& id) {
     if (id.empty() || id.size() > 64) return false;
     for (char c : id) {
@@ -101,6 +101,15 @@ grpc::Status CombinerCore::connect(grpc::ServerContext* context, Connection::Str
         client.info.set_status(v1::CLIENT_STATUS_UNSPECIFIED);
         client.info.set_package_sha256(lowercase(hello.package_sha256()));
         client.info.set_last_seen_unix_ms(now_unix_ms());
+        if (client.info.first_seen_unix_ms() == 0) {
+            client.info.set_first_seen_unix_ms(client.info.last_seen_unix_ms());
+        }
+        // A (re)started client process gets a fresh chance: its failure streak ends here.
+        if (!was_online) {
+            client.info.set_consecutive_failures(0);
+            client.info.set_skipped(false);
+        }
+        persist_client(client);
         client.capabilities.assign(hello.capabilities().begin(), hello.capabilities().end());
         client.last_message = Clock::now();
         // The older stream of the same client is dead or about to be: a client has one.
@@ -132,6 +141,7 @@ grpc::Status CombinerCore::connect(grpc::ServerContext* context, Connection::Str
             client.connection.reset();
             if (client.info.online()) {
                 client.info.set_online(false);
+                persist_client(client);
                 log(client.label() + " left: stream closed; " +
                     std::to_string(m_state.clients_online()) + " online");
             }
@@ -153,11 +163,15 @@ void CombinerCore::handle_client_message(const std::string& client_id,
         ClientRecord& client = found->second;
         client.last_message = Clock::now();
         client.info.set_last_seen_unix_ms(now_unix_ms());
+        bool changed = false;
         if (!client.info.online()) {
             client.info.set_online(true);
+            changed = true;
             log(client.label() + " is back; " + std::to_string(m_state.clients_online()) +
                 " online");
         }
+        const v1::ClientStatus status_before = client.info.status();
+        const std::string package_before = client.info.package_sha256();
         switch (message.body_case()) {
             case v1::ClientMessage::kHeartbeat:
                 client.info.set_status(message.heartbeat().status());
@@ -166,9 +180,17 @@ void CombinerCore::handle_client_message(const std::string& client_id,
             case v1::ClientMessage::kTaskStatus:
                 handle_task_status(client, message.task_status());
                 break;
-            default:
-                // LogLines are not kept (yet); a second Hello is ignored.
+            case v1::ClientMessage::kLogLines:
+                handle_log_lines(client, message.log_lines());
                 break;
+            default:
+                break;  // a second Hello is ignored
+        }
+        // Heartbeats that change nothing are not written (last_seen is saved with changes
+        // and when the client leaves).
+        if (changed || client.info.status() != status_before ||
+            client.info.package_sha256() != package_before) {
+            persist_client(client);
         }
     }
     m_changed.notify_all();
@@ -198,6 +220,7 @@ void CombinerCore::handle_task_status(ClientRecord& client, const v1::TaskStatus
         if (state == v1::TASK_STATE_FAILED || state == v1::TASK_STATE_REJECTED ||
             state == v1::TASK_STATE_CANCELLED) {
             if (!task.open || task.answer) return;  // too late, or already answered
+            if (task.kind == v1::TASK_KIND_TRAIN) count_task_outcome(task.client_id, false);
             std::string what = state == v1::TASK_STATE_FAILED     ? "failed"
                                : state == v1::TASK_STATE_REJECTED ? "was rejected by the client"
                                                                   : "was cancelled";
@@ -216,6 +239,8 @@ void CombinerCore::handle_task_status(ClientRecord& client, const v1::TaskStatus
                                          : state == v1::TASK_STATE_REJECTED ? "train rejected: "
                                                                             : "train cancelled: ";
                     rejected->set_reason(prefix + reason);
+                    rejected->set_received_unix_ms(now_unix_ms());
+                    m_db->save_rejected(round.round_id(), *rejected);
                     log("round " + std::to_string(task.round_id) + ": " + client.label() +
                         " train task " + what + ": " + reason);
                 } else {
@@ -303,6 +328,9 @@ v1::Ack CombinerCore::report_update(const v1::UpdateReport& report) {
             rejected->set_client_id(task.client_id);
             rejected->set_task_id(task.task_id);
             rejected->set_reason(reason);
+            rejected->set_received_unix_ms(now_unix_ms());
+            m_db->save_rejected(round.round_id(), *rejected);
+            count_task_outcome(task.client_id, false);
             log("round " + std::to_string(task.round_id) + ": update from client '" + client_name +
                 "' rejected: " + reason);
             m_changed.notify_all();
@@ -350,6 +378,9 @@ v1::Ack CombinerCore::report_update(const v1::UpdateReport& report) {
         rejected->set_client_id(task.client_id);
         rejected->set_task_id(task.task_id);
         rejected->set_reason(reason);
+        rejected->set_received_unix_ms(now_unix_ms());
+        m_db->save_rejected(round.round_id(), *rejected);
+        count_task_outcome(task.client_id, false);
         log("round " + std::to_string(task.round_id) + ": update from client '" + client_name +
             "' rejected: " + reason);
     } else {
@@ -361,7 +392,11 @@ v1::Ack CombinerCore::report_update(const v1::UpdateReport& report) {
         update->set_num_examples(outcome.num_examples);
         update->set_metadata_json(report.metadata_json().empty() ? "{}" : report.metadata_json());
         update->set_used(true);
+        update->set_received_unix_ms(now_unix_ms());
         round.set_updates_accepted(round.updates_accepted() + 1);
+        m_db->save_update(round.round_id(), *update);
+        persist_round(round);
+        count_task_outcome(task.client_id, true);
     }
     m_changed.notify_all();
     return *task.answer;
@@ -401,6 +436,8 @@ v1::Ack CombinerCore::report_validation(const v1::ValidationReport& report) {
     metrics_entry->set_client_id(task.client_id);
     metrics_entry->set_metrics_json(metrics);
     metrics_entry->set_model_id(model_id);
+    metrics_entry->set_received_unix_ms(now_unix_ms());
+    m_db->save_validation(round.round_id(), task.task_id, *metrics_entry);
     task.answer = make_ack(true, v1::ACK_CODE_OK);
     m_changed.notify_all();
     return *task.answer;
@@ -419,6 +456,7 @@ void CombinerCore::watchdog_loop() {
         for (auto& [id, client] : m_state.clients) {
             if (client.info.online() && now - client.last_message > limit) {
                 client.info.set_online(false);
+                persist_client(client);
                 changed = true;
                 log(client.label() + " left: no message for " +
                     format_seconds(now - client.last_message) + "; " +

@@ -7,8 +7,11 @@
 //  - Connection: one Federation.Connect stream; messages to the client go through a queue
 //    drained by a writer thread, so nobody else ever blocks on a slow client.
 //  - State: everything the combiner knows (clients, models, package, sessions, rounds,
-//    tasks) as plain structs of protocol messages. It lives in memory now; it is kept in one
-//    place so that persisting it (SQLite, a later issue) only has to write these records.
+//    tasks) as plain structs of protocol messages, in memory. Every change that must survive
+//    a restart is also queued to the Database (combiner/db.hpp, data_dir/state.db) through
+//    the persist_* helpers, under m_mutex, so the database sees changes in State's order.
+//    At start the State is rebuilt from it (persist.cpp); tasks are not persisted (a
+//    restart fails the open round and marks its session INTERRUPTED).
 //  - CombinerCore (behind Combiner::Impl): the services' handlers, the session runner and the
 //  watchdog.
 //
@@ -38,6 +41,7 @@
 #include <vector>
 
 #include "combiner/combiner.hpp"
+#include "combiner/db.hpp"
 #include "core/aggregate/aggregator.hpp"
 #include "core/npz/npz.hpp"
 #include "core/proto/fedcli.grpc.pb.h"
@@ -126,6 +130,9 @@ class Connection {
     /// Cancels the RPC (a newer stream of the same client, or shutdown): the handler's Read
     /// returns false soon after. Safe after the handler finished (then a no-op).
     void cancel();
+    /// Shutdown: lets the writer send what is queued (CancelTask) until `deadline`, then
+    /// cancels the RPC.
+    void drain_then_cancel(Clock::time_point deadline);
     /// Called by the handler before it returns: stops the writer (cancelling the RPC if a
     /// write is stuck) and forgets the stream. Nothing is written afterwards.
     void finish();
@@ -139,6 +146,7 @@ class Connection {
     Stream* m_stream;
     std::deque<v1::ServerMessage> m_queue;
     bool m_closing = false;
+    bool m_writing = false;  ///< a Write is in flight
     bool m_writer_done = false;
     std::thread m_writer;
 };
@@ -179,9 +187,17 @@ struct SessionRecord {
     std::string config_json;
     v1::SessionState state = v1::SESSION_STATE_RUNNING;
     std::string message;
-    std::vector<v1::RoundInfo> rounds;
+    std::vector<v1::RoundInfo> rounds;  ///< every try, in order
     std::int64_t started_unix_ms = 0;
     std::int64_t ended_unix_ms = 0;
+
+    /// Rounds that committed, and the newest committed model (else the starting model).
+    std::uint32_t rounds_committed() const;
+    std::string latest_model_id() const;
+    /// Tries of a session round so far.
+    std::uint32_t attempts(std::uint32_t session_round) const;
+    v1::SessionInfo info() const;
+    static SessionRecord from_info(const v1::SessionInfo& info);
 };
 
 /// Everything the combiner knows. Guarded by CombinerCore::m_mutex.
@@ -194,13 +210,16 @@ struct State {
     std::uint64_t package_size = 0;
     std::vector<SessionRecord> sessions;  ///< oldest first
     std::unordered_map<std::string, TaskRecord> tasks;
-    std::uint64_t last_round_id = 0;  ///< round ids increase across sessions
+    std::uint64_t last_round_id = 0;  ///< round ids increase across sessions and restarts
     std::string last_message;         ///< GetStatus.message
+    std::uint64_t last_log_sequence = 0;
 
     /// Newest global model, else the seed; empty if none.
     std::string latest_model_id() const;
     const v1::ModelInfo* find_model(const std::string& id) const;
+    /// By id or unique id prefix; null if none or ambiguous.
     SessionRecord* find_session(const std::string& id);
+    const SessionRecord* find_session(const std::string& id) const;
     std::size_t clients_online() const;
 };
 
@@ -213,7 +232,12 @@ struct ActiveSession {
     std::unique_ptr<aggregate::Aggregator> aggregator;
     /// aggregator summary record index -> task id, for the round being folded.
     std::vector<std::string> records;
-    bool stop_requested = false;  ///< guarded by CombinerCore::m_mutex
+    bool stop_requested = false;    ///< end now; guarded by CombinerCore::m_mutex
+    bool stop_after_round = false;  ///< end after the current round; guarded by m_mutex
+    bool tasks_sent = false;        ///< the current round's tasks went out; guarded by m_mutex
+    /// Where the aggregator's server state (fedavgm, FedOpt) is kept between rounds, so a
+    /// resumed session continues the optimiser: <dir>/aggregator-<round id>.npz.
+    std::filesystem::path state_dir;
     std::thread thread;
 };
 
@@ -256,6 +280,12 @@ class CombinerCore {
     v1::ListClientsResponse list_clients();
     grpc::Status list_rounds(const v1::ListRoundsRequest& request, v1::ListRoundsResponse* out);
     v1::ListModelsResponse list_models();
+    v1::StartSessionResponse resume_session(const v1::ResumeSessionRequest& request);
+    v1::ListSessionsResponse list_sessions();
+    /// Streams stored log lines (logs.cpp); with follow, new ones until the call is
+    /// cancelled or the combiner stops.
+    grpc::Status get_logs(grpc::ServerContext* context, const v1::GetLogsRequest& request,
+                          grpc::ServerWriter<v1::LogBatch>* writer);
 
   private:
     // federation.cpp
@@ -270,9 +300,32 @@ class CombinerCore {
     /// Requires m_mutex.
     void send_package_available(ClientRecord& client);
 
+    // persist.cpp
+    /// Rebuilds m_state from the database (start-up): clients offline, open rounds failed,
+    /// running sessions INTERRUPTED.
+    void load_state();
+    /// Queue the record's current form for the database. Require m_mutex.
+    void persist_client(const ClientRecord& client);
+    void persist_session(const SessionRecord& session);
+    void persist_round(const v1::RoundInfo& round);
+    void persist_model(const v1::ModelInfo& model);
+    /// Records a train task's outcome on its client's failure streak. Requires m_mutex.
+    void count_task_outcome(const std::string& client_id, bool success);
+
+    // logs.cpp
+    void handle_log_lines(const ClientRecord& client, const v1::LogLines& lines);
+
+    // control.cpp
+    /// Why no session may start now ("" = it may). Reaps the previous runner (unlocking
+    /// `lock` meanwhile). Requires m_fold_mutex and m_mutex (held by `lock`).
+    std::string refuse_if_busy(std::unique_lock<std::mutex>& lock);
+    /// Starts the runner of `session` (state RUNNING already set) and records it. Requires
+    /// m_mutex and m_fold_mutex, and no runner left (refuse_if_busy).
+    void launch_session(SessionRecord& session, std::unique_ptr<aggregate::Aggregator> aggregator);
+
     // session.cpp
     void run_session(ActiveSession* session);
-    enum class RoundEnd { committed, failed, stopped };
+    enum class RoundEnd { committed, failed, retry, stopped };
     /// The runner's models: the round's input (`global`, shared with the aggregator), the
     /// memory the next result is written into (`spare`), and the previous input, which
     /// becomes `spare` once the aggregator has let go of it. So a session holds two models
@@ -285,7 +338,13 @@ class CombinerCore {
     };
     /// One round; on failure `failure` says why.
     RoundEnd run_round(ActiveSession* session, std::size_t session_index, RoundModels& models,
-                       std::string& failure);
+                       std::uint32_t session_round, std::string& failure);
+    /// Requires m_mutex. Why a stopped round ends: the operator's stop or the shutdown.
+    std::string stop_reason() const {
+        return m_stopping ? "the combiner is shutting down" : "session stopped by the operator";
+    }
+    /// Whether `client` may be selected by the session (not skipped for failures).
+    bool is_selectable(const ClientRecord& client, const v1::SessionConfig& config) const;
     /// Sends validate tasks for the round's new model and waits for the reports. Returns
     /// false when the session was stopped meanwhile.
     bool run_validation(ActiveSession* session, std::size_t session_index, std::uint64_t round_id,
@@ -304,6 +363,8 @@ class CombinerCore {
     Options m_options;
     EventLog m_log;
     Store m_store;
+    std::unique_ptr<Database> m_db;          ///< from start()
+    std::condition_variable m_logs_changed;  ///< new log lines (with m_mutex)
 
     mutable std::mutex m_mutex;
     std::condition_variable m_changed;       ///< any change the session runner may wait for

@@ -1,6 +1,7 @@
 // Small helpers, the event log and State's queries.
 #include <ctime>
 #include <random>
+#include <utility>
 
 #include "combiner/internal.hpp"
 
@@ -62,10 +63,20 @@ const v1::ModelInfo* State::find_model(const std::string& id) const {
 }
 
 SessionRecord* State::find_session(const std::string& id) {
-    for (auto& session : sessions) {
+    return const_cast<SessionRecord*>(std::as_const(*this).find_session(id));
+}
+
+const SessionRecord* State::find_session(const std::string& id) const {
+    // Operators type the short ids that listings show: a unique prefix names a session.
+    const SessionRecord* found = nullptr;
+    for (const auto& session : sessions) {
         if (session.id == id) return &session;
+        if (!id.empty() && session.id.rfind(id, 0) == 0) {
+            if (found) return nullptr;  // ambiguous
+            found = &session;
+        }
     }
-    return nullptr;
+    return found;
 }
 
 std::size_t State::clients_online() const {

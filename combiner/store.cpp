@@ -1,4 +1,9 @@
 // The combiner's content-addressed files and per-file transfer locks.
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
 #include <system_error>
 
 #include "combiner/internal.hpp"
@@ -8,6 +13,25 @@
 namespace fedcli::combiner {
 
 namespace fs = std::filesystem;
+
+namespace {
+
+/// fsync of a file, then of its folder; errors are the caller's (it renames next).
+void sync_file(const fs::path& file) {
+    int fd = ::open(file.c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd < 0) throw Error(file.string() + ": cannot open to sync: " + std::strerror(errno));
+    const int result = ::fsync(fd);
+    const int saved = errno;
+    ::close(fd);
+    if (result != 0) throw Error(file.string() + ": cannot sync: " + std::strerror(saved));
+    int dir = ::open(file.parent_path().c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (dir >= 0) {
+        ::fsync(dir);
+        ::close(dir);
+    }
+}
+
+}  // namespace
 
 void Store::create() const {
     for (const fs::path& folder : {m_root, m_root / "models", m_root / "packages"}) {
@@ -36,12 +60,15 @@ std::string Store::add_model(const npz::ParameterSet& parameters) const {
     npz::write_npz(staging, parameters);
     std::string id;
     try {
+        sync_file(staging);
         id = util::sha256_file(staging);
     } catch (...) {
         std::error_code ignored;
         fs::remove(staging, ignored);
         throw;
     }
+    // Synced above, before it gets its final name: a crash leaves either no model or a
+    // whole one (the database refers to it only after the rename).
     std::error_code error;
     fs::rename(staging, model_path(id), error);
     if (error) {

@@ -105,6 +105,19 @@ void pause_before_retry(const TransferOptions& options, int attempt) {
 
 }  // namespace
 
+std::string_view task_kind_name(v1::TaskKind kind) {
+    switch (kind) {
+        case v1::TASK_KIND_TRAIN:
+            return "train";
+        case v1::TASK_KIND_VALIDATE:
+            return "validate";
+        case v1::TASK_KIND_PREDICT:
+            return "predict";
+        default:
+            return "unknown";
+    }
+}
+
 std::string status_text(const grpc::Status& status) {
     static const char* const names[] = {"OK",
                                         "CANCELLED",

@@ -17,6 +17,7 @@
 #include <memory>
 #include <stop_token>
 #include <string>
+#include <string_view>
 
 #include "core/proto/fedcli.grpc.pb.h"
 
@@ -53,6 +54,9 @@ void check_target(const std::string& target, const std::string& what);
 /// "UNAVAILABLE: failed to connect to all addresses": the status code's name and message,
 /// for error and log lines.
 std::string status_text(const grpc::Status& status);
+
+/// "train", "validate", "predict" (the entry point a task runs), else "unknown".
+std::string_view task_kind_name(fedcli::v1::TaskKind kind);
 
 struct TransferOptions {
     /// Attempts in all (a broken stream is resumed from the other side's offset).

@@ -1,10 +1,12 @@
 // combiner: the daemon in-process on 127.0.0.1 port 0, driven over a real gRPC channel by
 // operator calls and by fake clients written here (a Connect stream sending Hello and
-// heartbeats, answering tasks by uploading an .npz and reporting it).
+// heartbeats, answering tasks by uploading an .npz and reporting it). Harness::restart()
+// replaces the combiner by a new one on the same data folder, which restores its state.
 #include "combiner/combiner.hpp"
 
 #include <grpcpp/grpcpp.h>
 
+#include <algorithm>
 #include <atomic>
 #include <catch2/catch.hpp>
 #include <chrono>
@@ -17,11 +19,13 @@
 #include <nlohmann/json.hpp>
 #include <random>
 #include <regex>
+#include <set>
 #include <sstream>
 #include <string>
 #include <thread>
 #include <vector>
 
+#include "combiner/db.hpp"
 #include "core/npz/npz.hpp"
 #include "core/proto/fedcli.grpc.pb.h"
 #include "core/proto/transfer.hpp"
@@ -149,21 +153,23 @@ DownloadCall download(v1::Transfer::Stub& stub, v1::TransferKind kind, const std
 class Harness {
   public:
     explicit Harness(std::chrono::milliseconds heartbeat = 10s) {
-        fedcli::combiner::Options options;
-        options.port = 0;
-        options.data_dir = m_dir / "data";
-        options.heartbeat_interval = heartbeat;
-        options.log = &m_log;
-        combiner = std::make_unique<fedcli::combiner::Combiner>(options);
-        combiner->start();
-        REQUIRE(combiner->port() > 0);
-        auto channel = grpc::CreateChannel("127.0.0.1:" + std::to_string(combiner->port()),
-                                           grpc::InsecureChannelCredentials());
-        control = v1::Control::NewStub(channel);
-        transfer = v1::Transfer::NewStub(channel);
-        federation = v1::Federation::NewStub(channel);
+        m_options.port = 0;
+        m_options.data_dir = m_dir / "data";
+        m_options.heartbeat_interval = heartbeat;
+        m_options.log = &m_log;
+        launch();
     }
-    ~Harness() { combiner->shutdown(); }
+    ~Harness() {
+        if (combiner) combiner->shutdown();
+    }
+
+    /// Shuts the combiner down and starts a new one on the same data folder (a new port,
+    /// so new stubs). FakeClients reconnect with connect(their id) afterwards.
+    void restart() {
+        combiner->shutdown();
+        combiner.reset();
+        launch();
+    }
 
     const fs::path& dir() const { return m_dir.path(); }
     fs::path data_dir() const { return m_dir / "data"; }
@@ -204,9 +210,11 @@ class Harness {
         return response;
     }
 
-    v1::Ack stop_session() {
+    /// StopSession; `now`: end at once (the open round fails), else after the round.
+    v1::Ack stop_session(bool now) {
         grpc::ClientContext context;
         v1::StopSessionRequest request;
+        request.set_now(now);
         v1::Ack ack;
         REQUIRE(control->StopSession(&context, request, &ack).ok());
         return ack;
@@ -240,6 +248,56 @@ class Harness {
         v1::ListRoundsResponse response;
         REQUIRE(control->ListRounds(&context, request, &response).ok());
         return {response.rounds().begin(), response.rounds().end()};
+    }
+
+    /// Every round of every session, oldest first.
+    std::vector<v1::RoundInfo> all_rounds() {
+        grpc::ClientContext context;
+        v1::ListRoundsRequest request;
+        request.set_all_sessions(true);
+        v1::ListRoundsResponse response;
+        REQUIRE(control->ListRounds(&context, request, &response).ok());
+        return {response.rounds().begin(), response.rounds().end()};
+    }
+
+    std::vector<v1::SessionInfo> sessions() {
+        grpc::ClientContext context;
+        v1::ListSessionsResponse response;
+        REQUIRE(control->ListSessions(&context, v1::ListSessionsRequest(), &response).ok());
+        return {response.sessions().begin(), response.sessions().end()};
+    }
+
+    v1::StartSessionResponse resume(const std::string& session_id = {}, std::uint32_t rounds = 0) {
+        grpc::ClientContext context;
+        v1::ResumeSessionRequest request;
+        request.set_session_id(session_id);
+        request.set_rounds(rounds);
+        v1::StartSessionResponse response;
+        REQUIRE(control->ResumeSession(&context, request, &response).ok());
+        return response;
+    }
+
+    struct LogsCall {
+        grpc::Status status;
+        std::vector<v1::LogEntry> entries;
+    };
+    /// GetLogs without follow: every batch until the stream ends.
+    LogsCall logs(const v1::GetLogsRequest& request) {
+        LogsCall call;
+        grpc::ClientContext context;
+        context.set_deadline(std::chrono::system_clock::now() + 10s);
+        auto reader = control->GetLogs(&context, request);
+        v1::LogBatch batch;
+        while (reader->Read(&batch)) {
+            for (const auto& entry : batch.entries()) call.entries.push_back(entry);
+        }
+        call.status = reader->Finish();
+        return call;
+    }
+    LogsCall logs(const std::string& client) {
+        v1::GetLogsRequest request;
+        request.set_client(client);
+        return logs(request);
     }
 
     /// Waits until `count` clients are online and idle (their first heartbeat arrived), so
@@ -284,8 +342,24 @@ class Harness {
     std::unique_ptr<v1::Federation::Stub> federation;
 
   private:
+    void launch() {
+        combiner = std::make_unique<fedcli::combiner::Combiner>(m_options);
+        combiner->start();
+        REQUIRE(combiner->port() > 0);
+        // Streams of FakeClients opened on an earlier channel may outlive its stubs.
+        if (m_channel) m_old_channels.push_back(m_channel);
+        m_channel = grpc::CreateChannel("127.0.0.1:" + std::to_string(combiner->port()),
+                                        grpc::InsecureChannelCredentials());
+        control = v1::Control::NewStub(m_channel);
+        transfer = v1::Transfer::NewStub(m_channel);
+        federation = v1::Federation::NewStub(m_channel);
+    }
+
     fedcli::test::TempDir m_dir;
     std::ostringstream m_log;
+    fedcli::combiner::Options m_options;
+    std::shared_ptr<grpc::Channel> m_channel;
+    std::vector<std::shared_ptr<grpc::Channel>> m_old_channels;
     int m_files = 0;
 };
 
@@ -368,6 +442,15 @@ class FakeClient {
         message.mutable_task_status()->set_state(state);
         message.mutable_task_status()->set_message(text);
         message.mutable_task_status()->set_exit_code(exit_code);
+        send(message);
+    }
+
+    void log_lines(const std::string& task_id, v1::LogStream stream,
+                   const std::vector<std::string>& lines) {
+        v1::ClientMessage message;
+        message.mutable_log_lines()->set_task_id(task_id);
+        message.mutable_log_lines()->set_stream(stream);
+        for (const auto& line : lines) message.mutable_log_lines()->add_lines(line);
         send(message);
     }
 
@@ -1078,7 +1161,7 @@ TEST_CASE("StopSession cancels the open round's tasks and ends the session STOPP
     CHECK_FALSE(second.ack().accepted());
     CHECK_THAT(second.ack().reason(), Catch::Contains("is running"));
 
-    v1::Ack ack = harness.stop_session();
+    v1::Ack ack = harness.stop_session(true);
     INFO(ack.reason());
     CHECK(ack.accepted());
     v1::StatusResponse status = harness.status();
@@ -1092,7 +1175,7 @@ TEST_CASE("StopSession cancels the open round's tasks and ends the session STOPP
     CHECK(rounds[0].state() == v1::ROUND_STATE_FAILED);
     CHECK(rounds[0].reason() == "session stopped by the operator");
 
-    CHECK_FALSE(harness.stop_session().accepted());
+    CHECK_FALSE(harness.stop_session(true).accepted());
     grpc::ClientContext context;
     v1::ListRoundsRequest request;
     request.set_session_id("nope");
@@ -1158,4 +1241,818 @@ TEST_CASE("the combiner starts and stops cleanly, repeatedly, with clients and a
         CHECK_THAT(log, Catch::Contains("combiner stopped"));
         harness.combiner->shutdown();  // a second shutdown is a no-op
     }
+}
+
+namespace {
+
+/// The client of that id in a ListClients answer; fails the test when it is missing.
+v1::ClientInfo client_info(const std::vector<v1::ClientInfo>& clients, const std::string& id) {
+    for (const auto& client : clients) {
+        if (client.client_id() == id) return client;
+    }
+    FAIL("client " << id << " is not listed");
+    return {};
+}
+
+std::string join_lines(const std::vector<std::string>& lines) {
+    std::string text;
+    for (const auto& line : lines) text += line + "\n";
+    return text;
+}
+
+}  // namespace
+
+TEST_CASE("sessions, rounds, models, clients and the seed survive a restart") {
+    Harness harness;
+    const std::string seed = harness.seed(make_model(1.5f));
+    FakeClient a(harness, "a", affine_trainer(2.0f, 1.0f, 100));
+    FakeClient b(harness, "b", affine_trainer(0.5f, -3.0f, 300));
+    a.connect();
+    b.connect();
+    harness.wait_idle(2);
+    const std::string id_a = a.client_id;
+    const std::string id_b = b.client_id;
+
+    v1::SessionConfig config = session_config(2, 2);
+    config.set_validate(true);
+    config.set_settings_json(R"({"epochs": 3})");
+    v1::StartSessionResponse started = harness.start(config);
+    REQUIRE(started.ack().accepted());
+    REQUIRE(harness.wait_session_end().session_state() == v1::SESSION_STATE_FINISHED);
+
+    const auto sessions = harness.sessions();
+    const auto rounds = harness.all_rounds();
+    const auto models = harness.models();
+    const auto clients = harness.clients();
+    REQUIRE(sessions.size() == 1);
+    REQUIRE(rounds.size() == 2);
+    REQUIRE(models.size() == 3);
+    REQUIRE(clients.size() == 2);
+    for (const auto& round : rounds) {
+        REQUIRE(round.updates_size() == 2);
+        REQUIRE(round.validations_size() == 2);
+    }
+    CHECK(client_info(clients, id_a).rounds_contributed() == 2);
+    CHECK(client_info(clients, id_b).examples_contributed() == 600);
+
+    // The clients are still connected: the shutdown ends their streams.
+    harness.restart();
+    CHECK(a.wait_ended());
+    CHECK(b.wait_ended());
+
+    const auto sessions_after = harness.sessions();
+    REQUIRE(sessions_after.size() == sessions.size());
+    for (std::size_t i = 0; i < sessions.size(); ++i) {
+        CHECK(sessions_after[i].DebugString() == sessions[i].DebugString());
+    }
+    CHECK(sessions_after[0].state() == v1::SESSION_STATE_FINISHED);
+    CHECK(sessions_after[0].config().settings_json() == R"({"epochs": 3})");
+
+    // Every round with its updates (examples, metadata), validations and models.
+    const auto rounds_after = harness.all_rounds();
+    REQUIRE(rounds_after.size() == rounds.size());
+    for (std::size_t i = 0; i < rounds.size(); ++i) {
+        CHECK(rounds_after[i].DebugString() == rounds[i].DebugString());
+    }
+    CHECK(rounds_after[0].updates(0).metadata_json().find("num_examples") != std::string::npos);
+    CHECK(harness.rounds().size() == 2);  // the latest session is still the default
+
+    // Lineage: seed -> round 1 -> round 2.
+    const auto models_after = harness.models();
+    REQUIRE(models_after.size() == models.size());
+    for (std::size_t i = 0; i < models.size(); ++i) {
+        CHECK(models_after[i].DebugString() == models[i].DebugString());
+    }
+    CHECK(models_after[0].model_id() == seed);
+    CHECK(models_after[2].parent_id() == models_after[1].model_id());
+
+    // Clients are known, offline, with identity, first contact and contributions kept.
+    const auto clients_after = harness.clients();
+    REQUIRE(clients_after.size() == clients.size());
+    for (const auto& before : clients) {
+        INFO(before.DebugString());
+        const v1::ClientInfo after = client_info(clients_after, before.client_id());
+        CHECK_FALSE(after.online());
+        CHECK(after.name() == before.name());
+        CHECK(after.version() == before.version());
+        CHECK(after.first_seen_unix_ms() == before.first_seen_unix_ms());
+        CHECK(after.first_seen_unix_ms() > 0);
+        CHECK(after.last_seen_unix_ms() >= before.last_seen_unix_ms());
+        CHECK(after.rounds_contributed() == before.rounds_contributed());
+        CHECK(after.examples_contributed() == before.examples_contributed());
+        CHECK(after.consecutive_failures() == 0);
+        CHECK_FALSE(after.skipped());
+    }
+
+    // No session runs: the status shows the finished one, nobody online.
+    v1::StatusResponse status = harness.status();
+    CHECK(status.session_id() == started.session_id());
+    CHECK(status.session_state() == v1::SESSION_STATE_FINISHED);
+    CHECK(status.message() == sessions[0].message());
+    CHECK_THAT(status.message(), Catch::Contains("finished: 2 rounds"));
+    CHECK(status.clients_online() == 0);
+    CHECK(status.clients_known() == 2);
+    CHECK(status.latest_model_id() == rounds[1].output_model_id());
+    CHECK(status.session().DebugString() == sessions[0].DebugString());
+    CHECK(status.round().DebugString() == rounds[1].DebugString());
+    CHECK(harness.fetch_model("latest").size() == 2);
+
+    // The clients come back with their ids; a new session starts from the latest model.
+    a.connect(id_a);
+    b.connect(id_b);
+    CHECK(a.client_id == id_a);
+    harness.wait_idle(2);
+    CHECK(harness.clients().size() == 2);
+    CHECK(client_info(harness.clients(), id_a).first_seen_unix_ms() ==
+          client_info(clients, id_a).first_seen_unix_ms());
+    v1::StartSessionResponse next = harness.start(session_config(1, 2));
+    INFO(next.ack().reason());
+    REQUIRE(next.ack().accepted());
+    CHECK(next.session_id() != started.session_id());
+    REQUIRE(harness.wait_session_end().session_state() == v1::SESSION_STATE_FINISHED);
+    const auto next_rounds = harness.rounds();
+    REQUIRE(next_rounds.size() == 1);
+    CHECK(next_rounds[0].state() == v1::ROUND_STATE_COMMITTED);
+    CHECK(next_rounds[0].input_model_id() == rounds[1].output_model_id());
+    CHECK(next_rounds[0].round_id() > rounds[1].round_id());  // ids go on across restarts
+    CHECK(next_rounds[0].session_round() == 1);
+    CHECK(harness.sessions().size() == 2);
+    CHECK(harness.sessions().at(1).config().model_id() == rounds[1].output_model_id());
+    CHECK(harness.models().size() == 4);
+    CHECK(a.errors().empty());
+    CHECK(b.errors().empty());
+}
+
+TEST_CASE("a restart interrupts the running session; ResumeSession continues it") {
+    Harness harness;
+    harness.seed(make_model(1));
+    std::atomic<int> trains{0};
+    const FakeClient::Handler trainer = affine_trainer(1, 1, 10);
+    FakeClient a(harness, "a", [&](FakeClient& client, const v1::Task& task) {
+        // Round 2's first try goes unanswered: the combiner restarts while it is out.
+        if (task.kind() == v1::TASK_KIND_TRAIN && ++trains == 2) return;
+        trainer(client, task);
+    });
+    a.connect();
+    const std::string id_a = a.client_id;
+    harness.wait_idle(1);
+    v1::StartSessionResponse started = harness.start(session_config(3, 1, 60000));
+    REQUIRE(started.ack().accepted());
+    const auto tasks = a.wait_tasks(2);
+    REQUIRE(tasks.size() == 2);
+    const auto before = harness.rounds();
+    REQUIRE(before.size() == 2);
+    CHECK(before[0].state() == v1::ROUND_STATE_COMMITTED);
+    CHECK(before[1].state() == v1::ROUND_STATE_OPEN);
+    CHECK(tasks[1].round_id() == before[1].round_id());
+
+    harness.restart();
+    REQUIRE(a.wait_ended());
+    // The shutdown withdrew the open task (the stream has ended: what came is all there is).
+    // BUG (reported to the lead), flaky, about 1 run in 30: CombinerCore::shutdown() calls
+    // Connection::cancel() (TryCancel) on every stream right after the runner queued its
+    // CancelTask messages, without letting the writer threads drain their queues first, so
+    // the CancelTask is sometimes never written.
+    const auto cancels = a.wait_cancels(0);
+    CHECK(cancels.size() == 1);
+    if (!cancels.empty()) CHECK(cancels[0].task_id() == tasks[1].task_id());
+
+    auto sessions = harness.sessions();
+    REQUIRE(sessions.size() == 1);
+    CHECK(sessions[0].session_id() == started.session_id());
+    CHECK(sessions[0].state() == v1::SESSION_STATE_INTERRUPTED);
+    CHECK_THAT(sessions[0].message(), Catch::Contains("interrupted after 1 of 3 rounds"));
+    CHECK(sessions[0].rounds_committed() == 1);
+    CHECK(sessions[0].latest_model_id() == before[0].output_model_id());
+    CHECK(sessions[0].ended_unix_ms() > 0);
+    v1::StatusResponse status = harness.status();
+    CHECK(status.session_state() == v1::SESSION_STATE_INTERRUPTED);
+    CHECK(status.message() == sessions[0].message());
+    const auto after = harness.rounds();
+    REQUIRE(after.size() == 2);
+    CHECK(after[0].DebugString() == before[0].DebugString());
+    CHECK(after[1].round_id() == before[1].round_id());
+    CHECK(after[1].state() == v1::ROUND_STATE_FAILED);
+    CHECK(after[1].output_model_id().empty());
+    CHECK(after[1].closed_unix_ms() > 0);
+    // BUG (reported to the lead): on a clean shutdown the runner closes the open round with
+    // "session stopped by the operator" (session.cpp, run_round: the stop_requested branch
+    // that shutdown() also takes), although no operator stopped it; the reason should say
+    // that the combiner stopped, like the one load_state() gives an OPEN round.
+    CHECK_THAT(after[1].reason(), Catch::Contains("combiner"));
+    CHECK_FALSE(harness.clients().at(0).online());
+
+    // Resumed while the client is still away: it waits for it, as the same session.
+    v1::StartSessionResponse resumed = harness.resume();
+    INFO(resumed.ack().reason());
+    REQUIRE(resumed.ack().accepted());
+    CHECK(resumed.session_id() == started.session_id());
+    REQUIRE(eventually([&] { return harness.rounds().size() == 3; }));
+    status = harness.status();
+    CHECK(status.session_id() == started.session_id());
+    CHECK(status.session_state() == v1::SESSION_STATE_RUNNING);
+    CHECK(status.session().state() == v1::SESSION_STATE_RUNNING);
+    CHECK(status.session().ended_unix_ms() == 0);
+    CHECK(status.round().session_round() == 2);
+    CHECK(status.round().attempt() == 2);
+    CHECK(harness.sessions().size() == 1);
+    v1::StartSessionResponse twice = harness.resume();
+    CHECK_FALSE(twice.ack().accepted());
+    CHECK_THAT(twice.ack().reason(), Catch::Contains("is running"));
+
+    a.connect(id_a);
+    REQUIRE(harness.wait_session_end().session_state() == v1::SESSION_STATE_FINISHED);
+    auto rounds = harness.rounds();
+    REQUIRE(rounds.size() == 4);
+    const v1::RoundInfo& retried = rounds[2];
+    CHECK(retried.state() == v1::ROUND_STATE_COMMITTED);
+    CHECK(retried.session_round() == 2);
+    CHECK(retried.attempt() == 2);
+    CHECK(retried.input_model_id() == before[0].output_model_id());
+    CHECK(retried.round_id() > before[1].round_id());
+    CHECK(rounds[3].session_round() == 3);
+    CHECK(rounds[3].attempt() == 1);
+    CHECK(rounds[3].input_model_id() == retried.output_model_id());
+    const auto all_tasks = a.wait_tasks(4);
+    REQUIRE(all_tasks.size() == 4);
+    CHECK(all_tasks[2].session_id() == started.session_id());
+    CHECK(all_tasks[2].round_id() == retried.round_id());
+    CHECK(all_tasks[2].model_id() == before[0].output_model_id());
+
+    auto check_rounds = [&](std::uint32_t expected_committed) {
+        std::map<std::uint32_t, int> committed;
+        std::set<std::uint64_t> ids;
+        for (const auto& round : harness.rounds()) {
+            INFO(round.DebugString());
+            CHECK(round.session_id() == started.session_id());
+            CHECK(ids.insert(round.round_id()).second);
+            if (round.state() == v1::ROUND_STATE_COMMITTED) ++committed[round.session_round()];
+        }
+        CHECK(committed.size() == expected_committed);
+        for (std::uint32_t n = 1; n <= expected_committed; ++n) CHECK(committed[n] == 1);
+    };
+    check_rounds(3);
+    sessions = harness.sessions();
+    REQUIRE(sessions.size() == 1);
+    CHECK(sessions[0].state() == v1::SESSION_STATE_FINISHED);
+    CHECK(sessions[0].rounds_committed() == 3);
+    CHECK(sessions[0].latest_model_id() == rounds[3].output_model_id());
+
+    // A finished session runs more rounds only when asked for a number.
+    v1::StartSessionResponse refused = harness.resume(started.session_id());
+    CHECK_FALSE(refused.ack().accepted());
+    CHECK_THAT(refused.ack().reason(), Catch::Contains("has run all its 3 rounds"));
+    CHECK(harness.status().session_state() == v1::SESSION_STATE_FINISHED);
+    v1::StartSessionResponse more = harness.resume(started.session_id().substr(0, 6), 1);
+    INFO(more.ack().reason());
+    REQUIRE(more.ack().accepted());
+    CHECK(more.session_id() == started.session_id());
+    REQUIRE(harness.wait_session_end().session_state() == v1::SESSION_STATE_FINISHED);
+    rounds = harness.rounds();
+    REQUIRE(rounds.size() == 5);
+    CHECK(rounds[4].state() == v1::ROUND_STATE_COMMITTED);
+    CHECK(rounds[4].session_round() == 4);
+    CHECK(rounds[4].attempt() == 1);
+    CHECK(rounds[4].input_model_id() == rounds[3].output_model_id());
+    check_rounds(4);
+    sessions = harness.sessions();
+    CHECK(sessions.at(0).rounds_committed() == 4);
+    CHECK(sessions.at(0).config().rounds() == 4);
+    CHECK(a.errors().empty());
+
+    a.disconnect();
+    harness.stop();
+    const auto problems = fedcli::combiner::check_data_dir(harness.data_dir());
+    INFO(join_lines(problems));
+    CHECK(problems.empty());
+}
+
+TEST_CASE("after a crash the open round fails and the running session is INTERRUPTED") {
+    Harness harness;
+    harness.seed(make_model(1));
+    FakeClient a(harness, "a");  // takes its task, never answers
+    a.connect();
+    const std::string id_a = a.client_id;
+    harness.wait_idle(1);
+    v1::StartSessionResponse started = harness.start(session_config(2, 1, 60000));
+    REQUIRE(started.ack().accepted());
+    REQUIRE(a.wait_tasks(1).size() == 1);
+    const v1::SessionInfo running = harness.sessions().at(0);
+    const v1::RoundInfo open = harness.rounds().at(0);
+    REQUIRE(running.state() == v1::SESSION_STATE_RUNNING);
+    REQUIRE(open.state() == v1::ROUND_STATE_OPEN);
+    a.disconnect();
+    harness.stop();
+    // What a crash leaves behind: the session and its round as they were written while the
+    // round was open (the clean shutdown above closed them; put them back).
+    {
+        fedcli::combiner::Database db(harness.data_dir() / "state.db");
+        db.save_session(running);
+        db.save_round(open);
+        db.flush();
+    }
+    harness.restart();
+
+    auto sessions = harness.sessions();
+    REQUIRE(sessions.size() == 1);
+    CHECK(sessions[0].session_id() == started.session_id());
+    CHECK(sessions[0].state() == v1::SESSION_STATE_INTERRUPTED);
+    CHECK_THAT(sessions[0].message(),
+               Catch::Contains("interrupted after 0 of 2 rounds (the combiner stopped)"));
+    CHECK(sessions[0].ended_unix_ms() > 0);
+    auto rounds = harness.rounds();
+    REQUIRE(rounds.size() == 1);
+    CHECK(rounds[0].round_id() == open.round_id());
+    CHECK(rounds[0].state() == v1::ROUND_STATE_FAILED);
+    CHECK(rounds[0].reason() == "the combiner stopped while the round was open");
+    CHECK(rounds[0].closed_unix_ms() > 0);
+    CHECK(harness.status().session_state() == v1::SESSION_STATE_INTERRUPTED);
+
+    // Resumed, the round is tried again under a new id.
+    a.connect(id_a);
+    REQUIRE(harness.resume().ack().accepted());
+    REQUIRE(a.wait_tasks(2).size() == 2);
+    rounds = harness.rounds();
+    REQUIRE(rounds.size() == 2);
+    CHECK(rounds[1].round_id() > open.round_id());
+    CHECK(rounds[1].session_round() == 1);
+    CHECK(rounds[1].attempt() == 2);
+    CHECK(rounds[1].input_model_id() == open.input_model_id());
+    CHECK(harness.stop_session(true).accepted());
+}
+
+TEST_CASE(
+    "StopSession without now lets the round in progress finish; before its tasks, it "
+    "ends at once") {
+    Harness harness;
+    harness.seed(make_model(1));
+    FakeClient a(harness, "a");  // answers only when the test does
+    a.connect();
+    harness.wait_idle(1);
+
+    SECTION("tasks out: the round commits when the client reports, then the session stops") {
+        v1::StartSessionResponse started = harness.start(session_config(3, 1, 60000));
+        REQUIRE(started.ack().accepted());
+        const v1::Task task = a.wait_tasks(1).at(0);
+        v1::Ack ack = harness.stop_session(false);
+        INFO(ack.reason());
+        CHECK(ack.accepted());
+        CHECK_THAT(ack.reason(),
+                   Catch::Contains("stops after round " + std::to_string(task.round_id())));
+        CHECK(harness.status().session_state() == v1::SESSION_STATE_RUNNING);
+        CHECK(harness.rounds().at(0).state() == v1::ROUND_STATE_OPEN);
+
+        v1::Ack report = a.report(task, make_model(2), R"({"num_examples": 4})");
+        CHECK(report.accepted());
+        a.task_status(task.task_id(), v1::TASK_STATE_SUCCEEDED);
+        v1::StatusResponse status = harness.wait_session_end();
+        CHECK(status.session_state() == v1::SESSION_STATE_STOPPED);
+        CHECK_THAT(status.message(),
+                   Catch::Contains("stopped by the operator after 1 committed round;"));
+        auto rounds = harness.rounds();
+        REQUIRE(rounds.size() == 1);
+        CHECK(rounds[0].state() == v1::ROUND_STATE_COMMITTED);
+        CHECK(rounds[0].updates_accepted() == 1);
+        CHECK(status.latest_model_id() == rounds[0].output_model_id());
+        auto sessions = harness.sessions();
+        REQUIRE(sessions.size() == 1);
+        CHECK(sessions[0].state() == v1::SESSION_STATE_STOPPED);
+        CHECK(sessions[0].rounds_committed() == 1);
+        CHECK(a.wait_tasks(0).size() == 1);  // no second round began
+        CHECK(a.wait_cancels(0).empty());
+        CHECK(flatten(harness.fetch_model("latest")) == flatten(make_model(2)));
+    }
+    SECTION("waiting for clients, no task sent: it ends at once") {
+        v1::StartSessionResponse started = harness.start(session_config(3, 2, 60000));
+        REQUIRE(started.ack().accepted());
+        REQUIRE(
+            eventually([&] { return harness.status().round().state() == v1::ROUND_STATE_OPEN; }));
+        const auto began = Clock::now();
+        v1::Ack ack = harness.stop_session(false);
+        INFO(ack.reason());
+        CHECK(ack.accepted());
+        CHECK(Clock::now() - began < 10s);
+        v1::StatusResponse status = harness.status();
+        CHECK(status.session_state() == v1::SESSION_STATE_STOPPED);
+        CHECK_THAT(status.message(),
+                   Catch::Contains("stopped by the operator after 0 committed rounds"));
+        auto rounds = harness.rounds();
+        REQUIRE(rounds.size() == 1);
+        CHECK(rounds[0].state() == v1::ROUND_STATE_FAILED);
+        CHECK(rounds[0].reason() == "session stopped by the operator before the round began");
+        CHECK(a.wait_tasks(0).empty());
+    }
+}
+
+TEST_CASE("buffer_size closes the round after K accepted updates and cancels the rest") {
+    Harness harness;
+    const npz::ParameterSet seed_model = make_model(1);
+    harness.seed(seed_model);
+    FakeClient a(harness, "a", affine_trainer(1, 1, 10));
+    FakeClient b(harness, "b", affine_trainer(1, 3, 30));
+    FakeClient slow(harness, "slow");  // takes its task, never answers
+    a.connect();
+    b.connect();
+    slow.connect();
+    harness.wait_idle(3);
+
+    v1::SessionConfig config = session_config(1, 1, 60000);
+    config.set_buffer_size(2);
+    REQUIRE(harness.start(config).ack().accepted());
+    // Well before the 60 s round timeout.
+    v1::StatusResponse status = harness.wait_session_end();
+    CHECK(status.session_state() == v1::SESSION_STATE_FINISHED);
+    auto rounds = harness.rounds();
+    REQUIRE(rounds.size() == 1);
+    CHECK(rounds[0].state() == v1::ROUND_STATE_COMMITTED);
+    CHECK(rounds[0].clients_selected() == 3);
+    CHECK(rounds[0].updates_accepted() == 2);
+    REQUIRE(rounds[0].updates_size() == 2);
+    std::set<std::string> contributors;
+    for (const auto& update : rounds[0].updates()) contributors.insert(update.client_id());
+    CHECK(contributors == std::set<std::string>{a.client_id, b.client_id});
+    CHECK(rounds[0].rejected_size() == 0);
+
+    const auto cancels = slow.wait_cancels(1);
+    REQUIRE(cancels.size() == 1);
+    CHECK(cancels[0].task_id() == slow.wait_tasks(1).at(0).task_id());
+    CHECK_THAT(cancels[0].reason(), Catch::Contains("buffer of 2 updates is full"));
+    CHECK(a.wait_cancels(0).empty());
+    CHECK(b.wait_cancels(0).empty());
+    v1::Ack late = slow.report(slow.wait_tasks(1).at(0), make_model(1), R"({"num_examples": 5})");
+    CHECK(late.code() == v1::ACK_CODE_STALE_ROUND);
+    CHECK(harness.rounds().at(0).updates_accepted() == 2);
+    // Cut off by a full buffer is not a failure of the client.
+    CHECK(client_info(harness.clients(), slow.client_id).consecutive_failures() == 0);
+
+    std::vector<float> expected = flatten(seed_model);
+    for (float& x : expected) x = static_cast<float>((10.0 * (x + 1) + 30.0 * (x + 3)) / 40.0);
+    std::vector<float> actual = flatten(harness.fetch_model("latest"));
+    REQUIRE(actual.size() == expected.size());
+    for (std::size_t i = 0; i < actual.size(); ++i) {
+        CHECK(actual[i] == Approx(expected[i]).epsilon(1e-6));
+    }
+}
+
+TEST_CASE("max_round_retries tries a failed round again as the same session round") {
+    Harness harness;
+    harness.seed(make_model(1));
+    std::atomic<int> failures_left{0};
+    const FakeClient::Handler trainer = affine_trainer(1, 3, 30);
+    FakeClient a(harness, "a", affine_trainer(1, 1, 10));
+    FakeClient b(harness, "b", [&](FakeClient& client, const v1::Task& task) {
+        if (task.kind() == v1::TASK_KIND_TRAIN && failures_left-- > 0) {
+            client.task_status(task.task_id(), v1::TASK_STATE_FAILED,
+                               "exited with code 1: diverged", 1);
+            return;
+        }
+        trainer(client, task);
+    });
+    v1::SessionConfig config = session_config(1, 2, 20000);
+    config.set_max_round_retries(1);
+
+    SECTION("every try fails: the session fails after the retry") {
+        failures_left = 1000;
+        a.connect();
+        b.connect();
+        harness.wait_idle(2);
+        REQUIRE(harness.start(config).ack().accepted());
+        v1::StatusResponse status = harness.wait_session_end();
+        CHECK(status.session_state() == v1::SESSION_STATE_FAILED);
+        auto rounds = harness.rounds();
+        REQUIRE(rounds.size() == 2);
+        for (std::size_t i = 0; i < rounds.size(); ++i) {
+            INFO(rounds[i].DebugString());
+            CHECK(rounds[i].state() == v1::ROUND_STATE_FAILED);
+            CHECK(rounds[i].session_round() == 1);
+            CHECK(rounds[i].attempt() == i + 1);
+            CHECK(rounds[i].reason() ==
+                  "1 update accepted, 2 required; rejected: 'b': train failed: exited with "
+                  "code 1: diverged");
+        }
+        CHECK(rounds[1].round_id() == rounds[0].round_id() + 1);
+        CHECK_THAT(status.message(),
+                   Catch::Contains("round " + std::to_string(rounds[1].round_id()) +
+                                   " failed: " + rounds[1].reason()));
+        CHECK(harness.sessions().at(0).rounds_committed() == 0);
+        CHECK(a.wait_tasks(2).size() == 2);
+        CHECK(b.wait_tasks(2).size() == 2);
+    }
+    SECTION("the retry succeeds: the session finishes") {
+        failures_left = 1;
+        a.connect();
+        b.connect();
+        harness.wait_idle(2);
+        REQUIRE(harness.start(config).ack().accepted());
+        v1::StatusResponse status = harness.wait_session_end();
+        CHECK(status.session_state() == v1::SESSION_STATE_FINISHED);
+        auto rounds = harness.rounds();
+        REQUIRE(rounds.size() == 2);
+        CHECK(rounds[0].state() == v1::ROUND_STATE_FAILED);
+        CHECK(rounds[0].session_round() == 1);
+        CHECK(rounds[0].attempt() == 1);
+        CHECK(rounds[1].state() == v1::ROUND_STATE_COMMITTED);
+        CHECK(rounds[1].session_round() == 1);
+        CHECK(rounds[1].attempt() == 2);
+        CHECK(rounds[1].updates_accepted() == 2);
+        CHECK(rounds[1].input_model_id() == rounds[0].input_model_id());
+        CHECK(harness.sessions().at(0).rounds_committed() == 1);
+    }
+    CHECK(a.errors().empty());
+    CHECK(b.errors().empty());
+}
+
+TEST_CASE("max_client_failures skips a failing client for the session until it reconnects") {
+    Harness harness;
+    harness.seed(make_model(1));
+    bool fail = true;  // set before the clients connect
+    FakeClient a(harness, "a", affine_trainer(1, 1, 10));
+    FakeClient b(harness, "b", [&fail](FakeClient& client, const v1::Task& task) {
+        if (fail) client.task_status(task.task_id(), v1::TASK_STATE_FAILED, "boom", 2);
+        // else: no answer at all
+    });
+    std::uint64_t timeout_ms = 20000;
+    SECTION("a failed train task") {
+        fail = true;
+    }
+    SECTION("no answer by the round timeout") {
+        fail = false;
+        timeout_ms = 1500;
+    }
+    a.connect();
+    b.connect();
+    harness.wait_idle(2);
+    v1::SessionConfig config = session_config(2, 1, timeout_ms);
+    config.set_max_client_failures(1);
+    REQUIRE(harness.start(config).ack().accepted());
+    v1::StatusResponse status = harness.wait_session_end();
+    CHECK(status.session_state() == v1::SESSION_STATE_FINISHED);
+
+    auto rounds = harness.rounds();
+    REQUIRE(rounds.size() == 2);
+    CHECK(rounds[0].state() == v1::ROUND_STATE_COMMITTED);
+    CHECK(rounds[0].clients_selected() == 2);
+    CHECK(rounds[0].updates_accepted() == 1);
+    CHECK(rounds[1].state() == v1::ROUND_STATE_COMMITTED);
+    CHECK(rounds[1].clients_selected() == 1);
+    REQUIRE(rounds[1].updates_size() == 1);
+    CHECK(rounds[1].updates(0).client_id() == a.client_id);
+    const auto tasks_a = a.wait_tasks(2);
+    REQUIRE(tasks_a.size() == 2);
+    CHECK(tasks_a[1].round_id() == rounds[1].round_id());
+    const auto tasks_b = b.wait_tasks(1);
+    REQUIRE(tasks_b.size() == 1);  // nothing in round 2
+    CHECK(tasks_b[0].round_id() == rounds[0].round_id());
+
+    auto clients = harness.clients();
+    v1::ClientInfo info_b = client_info(clients, b.client_id);
+    CHECK(info_b.consecutive_failures() == 1);
+    CHECK(info_b.skipped());
+    v1::ClientInfo info_a = client_info(clients, a.client_id);
+    CHECK(info_a.consecutive_failures() == 0);
+    CHECK_FALSE(info_a.skipped());
+
+    // A reconnect is a fresh start.
+    const std::string id_b = b.client_id;
+    b.disconnect();
+    REQUIRE(eventually([&] { return !client_info(harness.clients(), id_b).online(); }));
+    b.connect(id_b);
+    info_b = client_info(harness.clients(), id_b);
+    CHECK(info_b.online());
+    CHECK(info_b.consecutive_failures() == 0);
+    CHECK_FALSE(info_b.skipped());
+    CHECK(harness.stop().find("failed 1 tasks in a row: not selected again") != std::string::npos);
+}
+
+TEST_CASE("clients' log lines are kept per task and served by GetLogs, also after a restart") {
+    Harness harness;
+    harness.seed(make_model(1));
+    const FakeClient::Handler trainer = affine_trainer(1, 1, 10);
+    FakeClient a(harness, "a", [&](FakeClient& client, const v1::Task& task) {
+        client.log_lines(task.task_id(), v1::LOG_STREAM_STDOUT,
+                         {"epoch 1: loss 0.9", "epoch 2: loss 0.5"});
+        client.log_lines(task.task_id(), v1::LOG_STREAM_STDERR, {"warning: slow disk"});
+        trainer(client, task);
+    });
+    FakeClient b(harness, "b", trainer);
+    // Ids of the shape the combiner hands out (16 hex digits); a's begins with b's name.
+    a.connect("b7e1c0de5eed0001");
+    b.connect("c0ffee0000000002");
+    const std::string id_a = a.client_id;
+    const std::string id_b = b.client_id;
+    REQUIRE(id_a == "b7e1c0de5eed0001");
+    harness.wait_idle(2);
+    v1::StartSessionResponse started = harness.start(session_config(1, 2));
+    REQUIRE(started.ack().accepted());
+    REQUIRE(harness.wait_session_end().session_state() == v1::SESSION_STATE_FINISHED);
+    const v1::RoundInfo round = harness.rounds().at(0);
+    const v1::Task task_a = a.wait_tasks(1).at(0);
+    const v1::Task task_b = b.wait_tasks(1).at(0);
+
+    // The lines travel on the stream, the report on a call of its own: wait for them.
+    Harness::LogsCall call;
+    REQUIRE(eventually([&] {
+        call = harness.logs("a");
+        return call.entries.size() >= 3;
+    }));
+    CHECK(call.status.ok());
+    REQUIRE(call.entries.size() == 3);
+    const std::vector<std::string> lines = {"epoch 1: loss 0.9", "epoch 2: loss 0.5",
+                                            "warning: slow disk"};
+    const std::vector<v1::LogStream> streams = {v1::LOG_STREAM_STDOUT, v1::LOG_STREAM_STDOUT,
+                                                v1::LOG_STREAM_STDERR};
+    for (std::size_t i = 0; i < 3; ++i) {
+        const v1::LogEntry& entry = call.entries[i];
+        INFO(entry.DebugString());
+        CHECK(entry.line() == lines[i]);
+        CHECK(entry.stream() == streams[i]);
+        CHECK(entry.client_id() == id_a);
+        CHECK(entry.client_name() == "a");
+        CHECK(entry.task_id() == task_a.task_id());
+        CHECK(entry.round_id() == round.round_id());
+        CHECK(entry.session_id() == started.session_id());
+        CHECK(entry.kind() == v1::TASK_KIND_TRAIN);
+        CHECK(entry.unix_ms() > 0);
+        if (i > 0) CHECK(entry.sequence() > call.entries[i - 1].sequence());
+    }
+    CHECK(harness.logs(id_a.substr(0, 6)).entries.size() == 3);  // an id prefix works too
+
+    Harness::LogsCall of_b = harness.logs("b");
+    CHECK(of_b.status.ok());
+    // BUG (reported to the lead): the lines of client 'a' come back for client 'b' because
+    // a's id begins with "b": CombinerCore::get_logs (logs.cpp) takes every client whose name
+    // equals the argument OR whose id begins with it, so a short name that is also a hex
+    // prefix of another client's id (1 in 16 for one-letter names) picks up that client too.
+    // An exact name match should win over id prefixes.
+    CHECK(of_b.entries.empty());
+    Harness::LogsCall unknown = harness.logs("nobody");
+    CHECK(unknown.status.error_code() == grpc::StatusCode::NOT_FOUND);
+    CHECK_THAT(unknown.status.error_message(), Catch::Contains("no client named 'nobody'"));
+    CHECK(
+        std::regex_search(unknown.status.error_message(), std::regex(R"(\(known: (a, b|b, a)\))")));
+
+    v1::GetLogsRequest request;
+    request.set_client("a");
+    request.set_tail(1);
+    Harness::LogsCall tail = harness.logs(request);
+    REQUIRE(tail.entries.size() == 1);
+    CHECK(tail.entries[0].line() == "warning: slow disk");
+    request.set_tail(0);
+    request.set_round_id(round.round_id());
+    CHECK(harness.logs(request).entries.size() == 3);
+    request.set_round_id(round.round_id() + 1);
+    CHECK(harness.logs(request).entries.empty());
+    request.set_round_id(0);
+    request.set_session_id(started.session_id());
+    CHECK(harness.logs(request).entries.size() == 3);
+
+    // Lines for a task the client was not given are dropped. One stream keeps its order:
+    // once the line sent after them is stored, they were handled.
+    a.log_lines("no-such-task", v1::LOG_STREAM_STDOUT, {"dropped: unknown task"});
+    a.log_lines(task_b.task_id(), v1::LOG_STREAM_STDOUT, {"dropped: b's task"});
+    a.log_lines(task_a.task_id(), v1::LOG_STREAM_STDOUT, {"after the dropped ones"});
+    REQUIRE(eventually([&] {
+        call = harness.logs("");
+        return !call.entries.empty() && call.entries.back().line() == "after the dropped ones";
+    }));
+    REQUIRE(call.entries.size() == 4);
+    for (const auto& entry : call.entries) {
+        CHECK(entry.client_id() == id_a);
+        CHECK_THAT(entry.line(), !Catch::StartsWith("dropped:"));
+    }
+
+    // follow: the stream stays open and brings a line sent after the call began.
+    {
+        grpc::ClientContext context;
+        context.set_deadline(std::chrono::system_clock::now() + 20s);
+        v1::GetLogsRequest follow;
+        follow.set_client("a");
+        follow.set_follow(true);
+        auto reader = harness.control->GetLogs(&context, follow);
+        std::mutex mutex;
+        std::vector<v1::LogEntry> seen;
+        std::thread follower([&] {
+            v1::LogBatch batch;
+            while (reader->Read(&batch)) {
+                std::lock_guard lock(mutex);
+                for (const auto& entry : batch.entries()) seen.push_back(entry);
+            }
+        });
+        auto count = [&] {
+            std::lock_guard lock(mutex);
+            return seen.size();
+        };
+        const bool stored_first = eventually([&] { return count() >= 4; });
+        a.log_lines(task_a.task_id(), v1::LOG_STREAM_STDERR, {"followed line"});
+        const bool followed = eventually([&] { return count() >= 5; });
+        context.TryCancel();
+        follower.join();
+        reader->Finish();
+        CHECK(stored_first);
+        REQUIRE(followed);
+        REQUIRE(seen.size() == 5);
+        CHECK(seen[4].line() == "followed line");
+        CHECK(seen[4].stream() == v1::LOG_STREAM_STDERR);
+        CHECK(seen[4].task_id() == task_a.task_id());
+    }
+
+    // The lines are in the state database: a restarted combiner serves them.
+    const std::vector<v1::LogEntry> stored = harness.logs("").entries;
+    REQUIRE(stored.size() == 5);
+    harness.restart();
+    Harness::LogsCall restored = harness.logs("a");
+    CHECK(restored.status.ok());
+    REQUIRE(restored.entries.size() == stored.size());
+    for (std::size_t i = 0; i < stored.size(); ++i) {
+        CHECK(restored.entries[i].DebugString() == stored[i].DebugString());
+    }
+    // New lines go on numbering after the stored ones.
+    a.connect(id_a);
+    b.connect(id_b);
+    harness.wait_idle(2);
+    REQUIRE(harness.start(session_config(1, 2)).ack().accepted());
+    REQUIRE(harness.wait_session_end().session_state() == v1::SESSION_STATE_FINISHED);
+    const std::uint64_t second_round = harness.rounds().at(0).round_id();
+    REQUIRE(eventually([&] {
+        call = harness.logs("a");
+        return call.entries.size() >= 8;
+    }));
+    REQUIRE(call.entries.size() == 8);
+    for (std::size_t i = 5; i < 8; ++i) {
+        CHECK(call.entries[i].sequence() > stored.back().sequence());
+        CHECK(call.entries[i].round_id() == second_round);
+    }
+    CHECK(a.errors().empty());
+}
+
+TEST_CASE("ListClients counts each client's contributions to committed rounds") {
+    Harness harness;
+    harness.seed(make_model(1));
+    std::atomic<int> c_trains{0};
+    const FakeClient::Handler c_trainer = affine_trainer(1, 2, 50);
+    FakeClient a(harness, "a", affine_trainer(1, 1, 100));
+    FakeClient b(harness, "b", affine_trainer(1, 3, 300));
+    FakeClient c(harness, "c", [&](FakeClient& client, const v1::Task& task) {
+        if (++c_trains == 1) {  // its first round's task fails
+            client.task_status(task.task_id(), v1::TASK_STATE_FAILED, "out of memory", 137);
+            return;
+        }
+        c_trainer(client, task);
+    });
+    a.connect();
+    b.connect();
+    c.connect();
+    harness.wait_idle(3);
+    for (const auto& client : harness.clients()) {
+        CHECK(client.rounds_contributed() == 0);
+        CHECK(client.examples_contributed() == 0);
+        CHECK(client.first_seen_unix_ms() > 0);
+        CHECK(client.first_seen_unix_ms() <= client.last_seen_unix_ms());
+    }
+    REQUIRE(harness.start(session_config(2, 1)).ack().accepted());
+    REQUIRE(harness.wait_session_end().session_state() == v1::SESSION_STATE_FINISHED);
+    auto rounds = harness.rounds();
+    REQUIRE(rounds.size() == 2);
+    CHECK(rounds[0].updates_accepted() == 2);
+    CHECK(rounds[1].updates_accepted() == 3);
+
+    auto clients = harness.clients();
+    REQUIRE(clients.size() == 3);
+    CHECK(client_info(clients, a.client_id).rounds_contributed() == 2);
+    CHECK(client_info(clients, a.client_id).examples_contributed() == 200);
+    CHECK(client_info(clients, b.client_id).rounds_contributed() == 2);
+    CHECK(client_info(clients, b.client_id).examples_contributed() == 600);
+    CHECK(client_info(clients, c.client_id).rounds_contributed() == 1);
+    CHECK(client_info(clients, c.client_id).examples_contributed() == 50);
+    // Its success in round 2 ended c's failure streak.
+    CHECK(client_info(clients, c.client_id).consecutive_failures() == 0);
+}
+
+TEST_CASE("check_data_dir finds a finished session's folder consistent and names a lost model") {
+    Harness harness;
+    harness.seed(make_model(1));
+    FakeClient a(harness, "a", affine_trainer(1, 1, 10));
+    a.connect();
+    harness.wait_idle(1);
+    REQUIRE(harness.start(session_config(2, 1)).ack().accepted());
+    REQUIRE(harness.wait_session_end().session_state() == v1::SESSION_STATE_FINISHED);
+    const auto rounds = harness.rounds();
+    REQUIRE(rounds.size() == 2);
+    a.disconnect();
+    harness.stop();
+
+    auto problems = fedcli::combiner::check_data_dir(harness.data_dir());
+    {
+        INFO(join_lines(problems));
+        CHECK(problems.empty());
+    }
+    const std::string lost = rounds[0].output_model_id();
+    REQUIRE(fs::remove(harness.data_dir() / "models" / (lost + ".npz")));
+    problems = fedcli::combiner::check_data_dir(harness.data_dir());
+    INFO(join_lines(problems));
+    REQUIRE_FALSE(problems.empty());
+    for (const auto& problem : problems) CHECK_THAT(problem, Catch::Contains(lost));
+    CHECK(std::any_of(problems.begin(), problems.end(), [&](const std::string& problem) {
+        return problem.find("models/" + lost + ".npz is missing") != std::string::npos;
+    }));
 }
