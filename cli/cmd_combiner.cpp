@@ -12,12 +12,14 @@
 #include <cstring>
 #include <fstream>
 #include <memory>
+#include <nlohmann/json.hpp>
 #include <optional>
 
 #include "cli/app.hpp"
 #include "cli/commands.hpp"
 #include "cli/federation.hpp"
 #include "combiner/combiner.hpp"
+#include "combiner/db.hpp"
 #include "core/error.hpp"
 #include "core/util/suggest.hpp"
 
@@ -243,6 +245,47 @@ Action setup_start(CLI::App& command, const Streams& streams) {
     return [options, &out] { return combiner_start(*options, out); };
 }
 
+struct CheckOptions {
+    std::filesystem::path data_dir;
+    bool json = false;
+};
+
+int combiner_check(const CheckOptions& options, std::ostream& out) {
+    if (!std::filesystem::is_directory(options.data_dir)) {
+        throw Error(options.data_dir.string() + ": no such folder (--data-dir)");
+    }
+    const std::vector<std::string> problems = combiner::check_data_dir(options.data_dir);
+    if (options.json) {
+        nlohmann::ordered_json json = {{"data_dir", options.data_dir.string()},
+                                       {"consistent", problems.empty()},
+                                       {"problems", problems}};
+        out << dump_json(json) << '\n';
+        return problems.empty() ? k_exit_success : k_exit_failure;
+    }
+    if (!problems.empty()) throw Problems(problems);
+    out << "data dir " << options.data_dir.string() << " is consistent\n";
+    return k_exit_success;
+}
+
+Action setup_check(CLI::App& command, const Streams& streams) {
+    auto options = std::make_shared<CheckOptions>();
+    command.add_option("--data-dir", options->data_dir, "The combiner's data folder")
+        ->type_name("DIR")
+        ->required();
+    command.add_flag("--json", options->json,
+                     "Print one JSON object: data_dir, consistent, problems (exit code 1 "
+                     "when there are problems)");
+    command.footer(
+        "Checks a combiner's data folder without changing it: the state database's\n"
+        "integrity, that every model, update and package it names is stored with the right\n"
+        "size and sha256, and that rounds and sessions agree. Prints each problem (exit code\n"
+        "1) or that the folder is consistent. Meant for a combiner that is not running\n"
+        "(after a crash, before a restart): a running one may be in the middle of a write.\n"
+        "Example:\n  fedcli combiner check --data-dir combiner-data");
+    std::ostream& out = streams.out;
+    return [options, &out] { return combiner_check(*options, out); };
+}
+
 }  // namespace
 
 void register_combiner_commands(CLI::App& app, Dispatch& dispatch) {
@@ -250,6 +293,8 @@ void register_combiner_commands(CLI::App& app, Dispatch& dispatch) {
         {"start",
          "Run a combiner in the foreground: clients, model store, sessions (Ctrl-C stops it)",
          setup_start},
+        {"check", "Check a combiner's data folder for damage (after a crash, before a restart)",
+         setup_check},
     };
     add_group(app, "combiner", "Run the aggregation server that clients connect to", k_commands,
               dispatch);

@@ -71,11 +71,16 @@ void register_project_commands(CLI::App& app, Dispatch& dispatch);
 void register_run_commands(CLI::App& app, Dispatch& dispatch);
 /// `fedcli package ...`: compute packages (cli/cmd_package.cpp).
 void register_package_commands(CLI::App& app, Dispatch& dispatch);
-/// `fedcli session ...`, `fedcli clients ...`, and the commands of `package` and `model`
-/// that talk to a combiner (cli/cmd_federation.cpp). Runs after the package and model
-/// groups are registered.
+/// `fedcli clients ...`, `fedcli models ...` and the commands of `package` and `model` that
+/// talk to a combiner (cli/cmd_federation.cpp). Runs after the package and model groups
+/// are registered.
 void register_federation_commands(CLI::App& app, Dispatch& dispatch);
-/// `fedcli combiner start` (cli/cmd_combiner.cpp).
+/// `fedcli session ...` (cli/cmd_session.cpp).
+void register_session_commands(CLI::App& app, Dispatch& dispatch);
+/// `fedcli rounds ...`, `fedcli validations ...`, `fedcli logs` and `fedcli report`: the
+/// history of sessions (cli/cmd_history.cpp).
+void register_history_commands(CLI::App& app, Dispatch& dispatch);
+/// `fedcli combiner start|check` (cli/cmd_combiner.cpp).
 void register_combiner_commands(CLI::App& app, Dispatch& dispatch);
 /// `fedcli client start` (cli/cmd_client.cpp).
 void register_client_commands(CLI::App& app, Dispatch& dispatch);

@@ -34,6 +34,14 @@ std::string group_digits(std::uint64_t value) {
     return grouped;
 }
 
+std::string progress_bar(double done, double total, std::size_t width) {
+    double fraction = total > 0 ? done / total : 0;
+    if (!(fraction > 0)) fraction = 0;  // also NaN
+    if (fraction > 1) fraction = 1;
+    const auto filled = static_cast<std::size_t>(fraction * static_cast<double>(width) + 0.5);
+    return "[" + std::string(filled, '#') + std::string(width - filled, '.') + "]";
+}
+
 Table::Table(std::vector<std::string> headers, std::vector<Align> align)
     : m_headers(std::move(headers)), m_align(std::move(align)) {
     m_align.resize(m_headers.size(), Align::left);

@@ -19,6 +19,10 @@ std::string human_bytes(std::uint64_t bytes);
 /// 1234567 -> "1,234,567".
 std::string group_digits(std::uint64_t value);
 
+/// A bar like "[#####...............]", `width` cells wide inside the brackets, filled in
+/// proportion to done / total (clamped to [0, 1]; empty when total is 0).
+std::string progress_bar(double done, double total, std::size_t width = 20);
+
 /// A table printed with every column padded to its widest cell, two spaces between
 /// columns and no trailing spaces.
 class Table {
