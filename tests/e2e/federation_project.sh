@@ -3,7 +3,8 @@
 # it does besides is chosen per client through the environment (--env MODE=...):
 #   MODE=slow   sleeps 600 s before training      MODE=fail   exits with code 3
 #   MODE=shape  writes an array of another shape  MODE=nan    writes a NaN
-# CLIENT_NUMBER (default 0) sets the client's number.
+# CLIENT_NUMBER (default 0) sets the client's number; SLEEP=S sleeps S seconds before
+# training (rounds that last a while).
 write_toy_project() {
     mkdir -p "$1"
     cat >"$1/fedcli.yaml" <<'YAML'
@@ -29,6 +30,7 @@ number = int(os.environ.get("CLIENT_NUMBER", "0"))
 print("train: mode %s, client %d" % (mode, number), flush=True)
 if mode == "slow":
     time.sleep(600)
+time.sleep(float(os.environ.get("SLEEP", "0")))
 if mode == "fail":
     print("about to fail on purpose", flush=True)
     sys.exit(3)

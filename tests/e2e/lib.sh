@@ -97,13 +97,16 @@ wait_for() {
     done
 }
 
-# start_combiner [ARGS...]: starts `fedcli combiner start` on a free port in the
-# background (data in $WORK/combiner, log in $WORK/combiner.log), waits for its port file
-# and exports FEDCLI_COMBINER for the operator commands. Sets COMBINER_PID.
+# start_combiner [ARGS...]: starts `fedcli combiner start` on a free port (or on
+# $COMBINER_PORT when RESTART=1, to come back where clients dial) in the background (data in
+# $WORK/combiner, log appended to $WORK/combiner.log), waits for its port file and exports
+# FEDCLI_COMBINER for the operator commands. Sets COMBINER_PID.
 start_combiner() {
+    local port=0
+    [[ ${RESTART:-0} == 1 ]] && port=$COMBINER_PORT
     rm -f "$WORK/combiner.port"
-    "$FEDCLI" combiner start --port 0 --port-file "$WORK/combiner.port" \
-        --data-dir "$WORK/combiner" "$@" >"$WORK/combiner.log" 2>&1 &
+    "$FEDCLI" combiner start --port "$port" --port-file "$WORK/combiner.port" \
+        --data-dir "$WORK/combiner" "$@" >>"$WORK/combiner.log" 2>&1 &
     COMBINER_PID=$!
     DAEMON_PIDS+=("$COMBINER_PID")
     DAEMON_LOGS+=("$WORK/combiner.log")
@@ -149,6 +152,12 @@ sys.exit(0 if eval(sys.argv[2]) else 1)' "$WORK/clients.json" "$1"
 wait_clients_idle() {
     wait_for "${2:-60}" "$1 clients online and idle: $(cat "$WORK/clients.json" 2>/dev/null)" \
         clients_match "sum(1 for x in c if x['online'] and x['status'] == 'idle') >= $1"
+}
+
+# kill_combiner: SIGKILL for the combiner (a crash), and wait until it is gone.
+kill_combiner() {
+    kill -KILL "$COMBINER_PID" 2>/dev/null || true
+    wait "$COMBINER_PID" 2>/dev/null || true
 }
 
 # status_json: `fedcli session status --json` into $WORK/status.json.
