@@ -121,8 +121,7 @@ struct ExtractOptions {
     std::filesystem::path destination;
     bool replace = false;
     bool strip_top_folder = false;
-    std::uint64_t max_bytes = package::ExtractOptions{}.max_total_bytes;
-    std::size_t max_entries = package::ExtractOptions{}.max_entries;
+    package::Limits limits;
 };
 
 int package_extract(const ExtractOptions& options, std::ostream& out) {
@@ -130,8 +129,7 @@ int package_extract(const ExtractOptions& options, std::ostream& out) {
     extract.overwrite = options.replace ? package::Overwrite::replace : package::Overwrite::no;
     extract.top_folder =
         options.strip_top_folder ? package::TopFolder::strip_single : package::TopFolder::keep;
-    extract.max_total_bytes = options.max_bytes;
-    extract.max_entries = options.max_entries;
+    extract.limits = options.limits;
     auto result = package::extract(options.file, options.destination, extract);
     out << "extracted " << result.entry_count << " entries (" << result.file_count << " files, "
         << human_bytes(result.total_bytes) << ") into " << result.destination.string() << '\n';
@@ -151,10 +149,23 @@ Action setup_extract(CLI::App& command, const Streams& streams) {
                      "Replace the destination folder if it exists and is not empty");
     command.add_flag("--strip-top-folder", options->strip_top_folder,
                      "When everything is inside one folder (old FEDn packages), drop it");
-    command.add_option("--max-bytes", options->max_bytes, "Refuse more file data than this")
+    command
+        .add_option("--max-bytes", options->limits.max_total_bytes,
+                    "Refuse more file data than this, all files together")
         ->type_name("BYTES")
         ->capture_default_str();
-    command.add_option("--max-entries", options->max_entries, "Refuse more entries than this")
+    command
+        .add_option("--max-file-bytes", options->limits.max_file_bytes,
+                    "Refuse a file larger than this")
+        ->type_name("BYTES")
+        ->capture_default_str();
+    command
+        .add_option("--max-package-bytes", options->limits.max_package_bytes,
+                    "Refuse a package file larger than this")
+        ->type_name("BYTES")
+        ->capture_default_str();
+    command
+        .add_option("--max-entries", options->limits.max_entries, "Refuse more entries than this")
         ->type_name("N")
         ->capture_default_str();
     std::ostream& out = streams.out;

@@ -2,18 +2,21 @@
 // client does (core/dispatch), streaming its output and checking its contract.
 #include <CLI/CLI.hpp>
 #include <chrono>
+#include <cmath>
 #include <fstream>
 #include <iomanip>
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <sstream>
 
+#include "cli/cmd_run.hpp"
 #include "cli/commands.hpp"
 #include "cli/text.hpp"
 #include "core/dispatch/dispatch.hpp"
 #include "core/dispatch/interrupt.hpp"
 #include "core/error.hpp"
 #include "core/project/project.hpp"
+#include "core/util/limits.hpp"
 
 namespace fedcli::cli {
 
@@ -24,7 +27,7 @@ struct RunOptions {
     std::filesystem::path path = ".";
     std::string input;
     std::string output;
-    double timeout_seconds = 0;
+    EntryPointLimitOptions limits;
     std::string settings;
     std::string client_name;
     int client_index = -1;
@@ -75,10 +78,9 @@ int run_entry(const RunOptions& options, const Streams& streams) {
     if (options.round >= 0) request.round = options.round;
     if (!options.data_path.empty()) request.data_path = options.data_path;
     if (!options.python.empty()) request.python = options.python;
-    if (options.timeout_seconds > 0) {
-        request.timeout =
-            std::chrono::milliseconds(static_cast<std::int64_t>(options.timeout_seconds * 1000));
-    }
+    EntryPointLimits limits = entry_point_limits(options.limits);
+    request.timeout = limits.timeout;
+    request.limits = limits.limits;
     request.extra_args = options.extra_args;
     request.log_file = options.log.empty()
                            ? dispatch::default_log_file(project, options.entry_point)
@@ -158,11 +160,7 @@ Action setup_entry(CLI::App& command, const Streams& streams, const char* entry_
                         "Round settings for INPUT-metadata: JSON text or @FILE (default {})")
             ->type_name("JSON");
     }
-    command
-        .add_option("--timeout", options->timeout_seconds,
-                    "Stop the entry point (and its children) after this many seconds")
-        ->type_name("SECONDS")
-        ->check(CLI::PositiveNumber);
+    add_entry_point_limit_options(command, options->limits);
     command
         .add_option("--client-index", options->client_index,
                     "FEDCLI_CLIENT_INDEX: this client's 0-based index")
@@ -198,6 +196,52 @@ Action setup_entry(CLI::App& command, const Streams& streams, const char* entry_
 }
 
 }  // namespace
+
+void add_entry_point_limit_options(CLI::App& command, EntryPointLimitOptions& options) {
+    const std::string group = "Limits";
+    command
+        .add_option("--timeout", options.timeout_seconds,
+                    "Stop the entry point (and its children) after this many seconds")
+        ->type_name("SECONDS")
+        ->check(CLI::PositiveNumber)
+        ->group(group);
+    command
+        .add_option("--max-memory", options.max_memory,
+                    "Address space each of its processes may use (RLIMIT_AS), e.g. 2G, 512M")
+        ->type_name("SIZE")
+        ->group(group);
+    command
+        .add_option("--max-cpu-seconds", options.max_cpu_seconds,
+                    "CPU time each of its processes may use (RLIMIT_CPU); SIGXCPU, then SIGKILL")
+        ->type_name("N")
+        ->check(CLI::Range(std::uint64_t{1}, std::uint64_t{1} << 40))
+        ->group(group);
+    command
+        .add_option("--max-open-files", options.max_open_files,
+                    "Files each of its processes may have open (RLIMIT_NOFILE), at least 4")
+        ->type_name("N")
+        ->check(CLI::Range(std::uint64_t{4}, std::uint64_t{1} << 30))
+        ->group(group);
+}
+
+EntryPointLimits entry_point_limits(const EntryPointLimitOptions& options) {
+    EntryPointLimits limits;
+    if (!(options.timeout_seconds <= 1e9)) {
+        throw Error("--timeout: " + std::to_string(options.timeout_seconds) +
+                    " s is not a usable timeout (at most 1e9 s)");
+    }
+    if (options.timeout_seconds > 0) {
+        limits.timeout = std::chrono::milliseconds(
+            static_cast<std::int64_t>(std::ceil(options.timeout_seconds * 1000)));
+    }
+    if (!options.max_memory.empty()) {
+        limits.limits.memory_bytes = util::parse_byte_size(options.max_memory, "--max-memory");
+    }
+    if (options.max_cpu_seconds > 0) limits.limits.cpu_seconds = options.max_cpu_seconds;
+    if (options.max_open_files > 0) limits.limits.open_files = options.max_open_files;
+    limits.limits.check("");
+    return limits;
+}
 
 void register_run_commands(CLI::App& app, Dispatch& dispatch) {
     static constexpr CommandSpec k_commands[] = {

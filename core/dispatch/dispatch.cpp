@@ -106,6 +106,7 @@ RunResult run_entry_point(const project::Project& project, std::string_view entr
                               (entry->line > 0 ? ":" + std::to_string(entry->line) : "") +
                               ": entry point '" + name + "'";
     std::vector<std::string> words = split_command(entry->command, where);
+    request.limits.check(where);
 
     RunResult result;
     result.entry_point = name;
@@ -249,6 +250,7 @@ RunResult run_entry_point(const project::Project& project, std::string_view entr
     spec.working_directory = project.directory;
     spec.environment = std::move(environment);
     spec.timeout = request.timeout;
+    spec.limits = request.limits;
     spec.kill_grace = request.kill_grace;
     spec.on_line = request.on_line;
     spec.log = log.stream();
@@ -272,6 +274,10 @@ RunResult run_entry_point(const project::Project& project, std::string_view entr
     if (!result.process.succeeded()) {
         std::string message =
             where + ": '" + format_command(result.argv) + "' " + result.process.describe();
+        if (request.limits.any() && !result.process.exceeded_limit && !result.process.cancelled &&
+            !result.process.timed_out) {
+            message += " (it ran with limits: " + request.limits.describe() + ")";
+        }
         if (result.process.tail.empty()) {
             message += "; it printed nothing";
         } else {

@@ -30,7 +30,10 @@
 //   PYTHONUNBUFFERED=1                          unless set, so output streams live
 //   RunRequest::environment                     last, overriding all of the above
 //
-// After the run: a non-zero exit, a signal, a timeout or a cancellation throws
+// Limits: RunRequest::timeout (wall clock) and RunRequest::limits (memory, CPU time, open
+// files; set in the child between fork and exec, see process.hpp).
+//
+// After the run: a non-zero exit, a signal, a timeout, a limit or a cancellation throws
 // fedcli::Error with the entry point, the command, how it ended and its last output lines
 // (and the log file); then the contract is checked (contract.hpp).
 //
@@ -83,7 +86,13 @@ struct RunRequest {
     /// Where python_env environments are cached; empty: default_cache_dir().
     std::filesystem::path cache_dir;
 
+    /// Wall-clock limit: the run is stopped (SIGTERM, then SIGKILL after kill_grace) and
+    /// fails with "ran longer than its timeout of 10 s and was stopped". Unset: none.
     std::optional<std::chrono::milliseconds> timeout;
+    /// Memory (address space), CPU time and open-file limits set in the entry point's
+    /// process before exec (process.hpp). A run they end fails with a message naming the
+    /// limit; any other failed run under limits lists them in its error.
+    ResourceLimits limits;
     /// SIGTERM -> SIGKILL delay when stopping the process group.
     std::chrono::milliseconds kill_grace{5000};
     /// Output lines, live. Runs on the calling thread.

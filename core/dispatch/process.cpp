@@ -4,18 +4,20 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
-#include <spawn.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <cctype>
 #include <charconv>
 #include <deque>
 
 #include "core/error.hpp"
+#include "core/util/limits.hpp"
 
 extern char** environ;
 
@@ -135,6 +137,8 @@ class LineSplitter {
     std::string m_buffer;
 };
 
+std::optional<Limit> exceeded_limit(const ProcessResult& result);
+
 /// Supervises one spawned process group until the leader has exited and its output is read.
 class Supervisor {
   public:
@@ -205,7 +209,8 @@ class Supervisor {
         m_out.reset();
         m_err.reset();
         ::kill(-m_pid, SIGKILL);
-        int status = reap();
+        struct rusage usage {};
+        int status = reap(&usage);
 
         ProcessResult result;
         if (WIFEXITED(status)) result.exit_code = WEXITSTATUS(status);
@@ -213,8 +218,15 @@ class Supervisor {
         result.timed_out = m_timed_out;
         result.cancelled = m_cancelled;
         result.timeout = m_spec.timeout;
+        result.limits = m_spec.limits;
         result.tail.assign(m_tail.begin(), m_tail.end());
         result.duration = std::chrono::duration_cast<milliseconds>(Clock::now() - start);
+        auto to_ms = [](const timeval& time) {
+            return milliseconds(static_cast<std::int64_t>(time.tv_sec) * 1000 +
+                                time.tv_usec / 1000);
+        };
+        result.cpu_time = to_ms(usage.ru_utime) + to_ms(usage.ru_stime);
+        result.exceeded_limit = exceeded_limit(result);
         return result;
     }
 
@@ -264,9 +276,9 @@ class Supervisor {
         return info.si_pid == m_pid;
     }
 
-    int reap() noexcept {
+    int reap(struct rusage* usage = nullptr) noexcept {
         int status = 0;
-        while (::waitpid(m_pid, &status, 0) < 0 && errno == EINTR) {
+        while (::wait4(m_pid, &status, 0, usage) < 0 && errno == EINTR) {
         }
         return status;
     }
@@ -320,22 +332,152 @@ std::string spawn_hint(int error) {
     }
 }
 
-/// posix_spawn attributes and file actions, destroyed on scope exit.
-class SpawnSetup {
-  public:
-    SpawnSetup() {
-        posix_spawn_file_actions_init(&m_actions);
-        posix_spawnattr_init(&m_attributes);
+bool contains_text(const std::vector<std::string>& lines,
+                   std::initializer_list<const char*> needles) {
+    for (const auto& line : lines) {
+        std::string lowered;
+        lowered.reserve(line.size());
+        for (char c : line) {
+            lowered += static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+        }
+        for (const char* needle : needles) {
+            if (lowered.find(needle) != std::string::npos) return true;
+        }
     }
-    ~SpawnSetup() {
-        posix_spawn_file_actions_destroy(&m_actions);
-        posix_spawnattr_destroy(&m_attributes);
-    }
-    SpawnSetup(const SpawnSetup&) = delete;
-    SpawnSetup& operator=(const SpawnSetup&) = delete;
+    return false;
+}
 
-    posix_spawn_file_actions_t m_actions;
-    posix_spawnattr_t m_attributes;
+/// Which limit most likely ended a failed run; see process.hpp.
+std::optional<Limit> exceeded_limit(const ProcessResult& result) {
+    if (result.succeeded() || result.timed_out || result.cancelled) return std::nullopt;
+    const ResourceLimits& limits = result.limits;
+    if (limits.cpu_seconds) {
+        bool out_of_time = result.cpu_time >= std::chrono::seconds(*limits.cpu_seconds) -
+                                                  std::chrono::milliseconds(50);
+        if (result.signal == SIGXCPU || (result.signal == SIGKILL && out_of_time)) {
+            return Limit::cpu_time;
+        }
+    }
+    if (limits.memory_bytes &&
+        contains_text(result.tail,
+                      {"memoryerror", "bad_alloc", "cannot allocate memory", "out of memory",
+                       "unable to allocate", "failed to allocate", "failed to map segment"})) {
+        return Limit::memory;
+    }
+    if (limits.open_files && contains_text(result.tail, {"too many open files"})) {
+        return Limit::open_files;
+    }
+    return std::nullopt;
+}
+
+/// What a child reports through the exec-error pipe when it cannot become the program.
+struct ChildFailure {
+    enum class Stage : int { exec, setup, memory_limit, cpu_limit, open_files_limit };
+    Stage stage = Stage::exec;
+    int error = 0;
+};
+
+/// Sets one limit in the child, never above the hard limit it already has. Async-signal-safe.
+bool set_limit(int resource, std::uint64_t soft, std::uint64_t hard) {
+    struct rlimit current {};
+    if (::getrlimit(resource, &current) != 0) return false;
+    auto clamp = [&current](std::uint64_t value) -> rlim_t {
+        if (current.rlim_max != RLIM_INFINITY && value > current.rlim_max) return current.rlim_max;
+        return static_cast<rlim_t>(value);
+    };
+    struct rlimit wanted {};
+    wanted.rlim_max = clamp(hard);
+    wanted.rlim_cur = std::min(clamp(soft), wanted.rlim_max);
+    return ::setrlimit(resource, &wanted) == 0;
+}
+
+/// Everything the child needs, prepared before fork: after it only async-signal-safe calls.
+struct ChildPlan {
+    const char* executable = nullptr;
+    char* const* argv = nullptr;
+    char* const* envp = nullptr;
+    const char* working_directory = nullptr;  ///< nullptr: stay
+    int out_fd = -1;
+    int err_fd = -1;
+    int report_fd = -1;  ///< close-on-exec pipe: a ChildFailure when exec does not happen
+    const ResourceLimits* limits = nullptr;
+};
+
+[[noreturn]] void child_fail(int report_fd, ChildFailure::Stage stage) {
+    ChildFailure failure{stage, errno};
+    [[maybe_unused]] auto ignored = ::write(report_fd, &failure, sizeof failure);
+    ::_exit(127);
+}
+
+constexpr int k_reset_signals[] = {SIGPIPE, SIGINT,  SIGQUIT, SIGTERM, SIGHUP,
+                                   SIGCHLD, SIGUSR1, SIGUSR2, SIGALRM, SIGXCPU};
+
+/// Runs in the forked child: becomes the program or reports why not. Async-signal-safe.
+[[noreturn]] void become_program(ChildPlan plan) {
+    using Stage = ChildFailure::Stage;
+    if (plan.report_fd < 3) plan.report_fd = ::fcntl(plan.report_fd, F_DUPFD_CLOEXEC, 3);
+    // Default dispositions for every signal a server typically ignores or handles: the
+    // parent's handlers must not run here, and ignored ones would stay ignored after exec.
+    struct sigaction defaults {};
+    defaults.sa_handler = SIG_DFL;
+    sigemptyset(&defaults.sa_mask);
+    for (int signal : k_reset_signals) ::sigaction(signal, &defaults, nullptr);
+    if (::setpgid(0, 0) != 0) child_fail(plan.report_fd, Stage::setup);
+
+    // Move the pipes above 2 first, so dup2 onto 0..2 cannot clobber one of them.
+    int out = ::fcntl(plan.out_fd, F_DUPFD_CLOEXEC, 3);
+    int err = ::fcntl(plan.err_fd, F_DUPFD_CLOEXEC, 3);
+    int null = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
+    if (out < 0 || err < 0 || null < 0 || ::dup2(null, 0) < 0 || ::dup2(out, 1) < 0 ||
+        ::dup2(err, 2) < 0) {
+        child_fail(plan.report_fd, Stage::setup);
+    }
+    if (plan.working_directory && ::chdir(plan.working_directory) != 0) {
+        child_fail(plan.report_fd, Stage::setup);
+    }
+#ifdef SYS_close_range
+    // Everything but 0..2 and the report pipe (which closes itself at exec).
+    if (plan.report_fd > 3) ::syscall(SYS_close_range, 3u, plan.report_fd - 1u, 0u);
+    ::syscall(SYS_close_range, plan.report_fd + 1u, ~0u, 0u);
+#endif
+
+    // Limits last: a low open-file limit must not stop the set-up above.
+    const ResourceLimits& limits = *plan.limits;
+    if (limits.memory_bytes && !set_limit(RLIMIT_AS, *limits.memory_bytes, *limits.memory_bytes)) {
+        child_fail(plan.report_fd, Stage::memory_limit);
+    }
+    // SIGXCPU at the limit, SIGKILL a second later (a program may catch SIGXCPU to clean up).
+    if (limits.cpu_seconds &&
+        !set_limit(RLIMIT_CPU, *limits.cpu_seconds,
+                   *limits.cpu_seconds + (*limits.cpu_seconds < UINT64_MAX ? 1 : 0))) {
+        child_fail(plan.report_fd, Stage::cpu_limit);
+    }
+    if (limits.open_files && !set_limit(RLIMIT_NOFILE, *limits.open_files, *limits.open_files)) {
+        child_fail(plan.report_fd, Stage::open_files_limit);
+    }
+
+    sigset_t empty_mask;
+    sigemptyset(&empty_mask);
+    ::sigprocmask(SIG_SETMASK, &empty_mask, nullptr);
+    ::execve(plan.executable, plan.argv, plan.envp);
+    child_fail(plan.report_fd, Stage::exec);
+}
+
+/// Blocks every signal in this thread for its lifetime (around fork, so no handler of
+/// ours runs in the child before it has reset the dispositions).
+class SignalBlock {
+  public:
+    SignalBlock() {
+        sigset_t all;
+        sigfillset(&all);
+        ::pthread_sigmask(SIG_SETMASK, &all, &m_saved);
+    }
+    ~SignalBlock() { ::pthread_sigmask(SIG_SETMASK, &m_saved, nullptr); }
+    SignalBlock(const SignalBlock&) = delete;
+    SignalBlock& operator=(const SignalBlock&) = delete;
+
+  private:
+    sigset_t m_saved;
 };
 
 }  // namespace
@@ -376,15 +518,49 @@ std::vector<std::string> Environment::entries() const {
     return entries;
 }
 
+std::string ResourceLimits::describe() const {
+    std::string text;
+    auto add = [&text](const std::string& part) { text += (text.empty() ? "" : ", ") + part; };
+    if (memory_bytes) add("memory " + util::format_byte_size(*memory_bytes));
+    if (cpu_seconds) add("CPU time " + std::to_string(*cpu_seconds) + " s");
+    if (open_files) add(std::to_string(*open_files) + " open files");
+    return text;
+}
+
+void ResourceLimits::check(const std::string& where) const {
+    auto prefix = where.empty() ? std::string() : where + ": ";
+    if (memory_bytes && *memory_bytes == 0) throw Error(prefix + "the memory limit must not be 0");
+    if (cpu_seconds && *cpu_seconds == 0) {
+        throw Error(prefix + "the CPU time limit must be at least 1 s");
+    }
+    if (open_files && *open_files < 4) {
+        throw Error(prefix + "the open-file limit must be at least 4 (stdin, stdout and " +
+                    "stderr take 3), not " + std::to_string(*open_files));
+    }
+}
+
 std::string ProcessResult::describe() const {
     if (timed_out) {
-        return "timed out after " + format_seconds(timeout.value_or(duration)) + " and was stopped";
+        return "ran longer than its timeout of " + format_seconds(timeout.value_or(duration)) +
+               " and was stopped";
     }
     if (cancelled) return "was cancelled";
-    if (signal != 0) {
-        return "was killed by signal " + std::to_string(signal) + " (" + signal_name(signal) + ")";
+    std::string ended = signal != 0 ? "was killed by signal " + std::to_string(signal) + " (" +
+                                          signal_name(signal) + ")"
+                                    : "exited with code " + std::to_string(exit_code);
+    if (!exceeded_limit) return ended;
+    switch (*exceeded_limit) {
+        case Limit::cpu_time:
+            return "exceeded its CPU time limit of " +
+                   std::to_string(limits.cpu_seconds.value_or(0)) + " s and " + ended;
+        case Limit::memory:
+            return ended + " after exceeding its memory limit of " +
+                   util::format_byte_size(limits.memory_bytes.value_or(0));
+        case Limit::open_files:
+            return ended + " after reaching its limit of " +
+                   std::to_string(limits.open_files.value_or(0)) + " open files";
     }
-    return "exited with code " + std::to_string(exit_code);
+    return ended;
 }
 
 std::string ProcessResult::format_tail() const {
@@ -445,35 +621,10 @@ ProcessResult run_process(const ProcessSpec& spec) {
         executable = spec.working_directory / executable;
     }
 
+    spec.limits.check("cannot run '" + spec.argv[0] + "'");
     Pipe out = make_pipe("stdout");
     Pipe err = make_pipe("stderr");
-
-    SpawnSetup setup;
-    posix_spawn_file_actions_adddup2(&setup.m_actions, out.write_end.get(), 1);
-    posix_spawn_file_actions_adddup2(&setup.m_actions, err.write_end.get(), 2);
-    posix_spawn_file_actions_addopen(&setup.m_actions, 0, "/dev/null", O_RDONLY, 0);
-#if defined(__GLIBC__) && (__GLIBC__ > 2 || (__GLIBC__ == 2 && __GLIBC_MINOR__ >= 34))
-    posix_spawn_file_actions_addclosefrom_np(&setup.m_actions, 3);
-#endif
-    std::string working_directory = spec.working_directory.string();
-    if (!working_directory.empty()) {
-        posix_spawn_file_actions_addchdir_np(&setup.m_actions, working_directory.c_str());
-    }
-    // Own process group; no blocked signals; default dispositions for the signals a
-    // server process typically ignores or handles (SIGPIPE above all).
-    sigset_t empty_mask;
-    sigemptyset(&empty_mask);
-    sigset_t defaults;
-    sigemptyset(&defaults);
-    for (int signal :
-         {SIGPIPE, SIGINT, SIGQUIT, SIGTERM, SIGHUP, SIGCHLD, SIGUSR1, SIGUSR2, SIGALRM}) {
-        sigaddset(&defaults, signal);
-    }
-    posix_spawnattr_setflags(&setup.m_attributes, POSIX_SPAWN_SETPGROUP | POSIX_SPAWN_SETSIGMASK |
-                                                      POSIX_SPAWN_SETSIGDEF);
-    posix_spawnattr_setpgroup(&setup.m_attributes, 0);
-    posix_spawnattr_setsigmask(&setup.m_attributes, &empty_mask);
-    posix_spawnattr_setsigdefault(&setup.m_attributes, &defaults);
+    Pipe report = make_pipe("start-up errors");
 
     std::vector<char*> argv;
     for (const auto& arg : spec.argv) argv.push_back(const_cast<char*>(arg.c_str()));
@@ -482,14 +633,62 @@ ProcessResult run_process(const ProcessSpec& spec) {
     std::vector<char*> envp;
     for (auto& entry : environment) envp.push_back(entry.data());
     envp.push_back(nullptr);
+    std::string executable_text = executable.string();
+    std::string working_directory = spec.working_directory.string();
 
+    ChildPlan plan;
+    plan.executable = executable_text.c_str();
+    plan.argv = argv.data();
+    plan.envp = envp.data();
+    plan.working_directory = working_directory.empty() ? nullptr : working_directory.c_str();
+    plan.out_fd = out.write_end.get();
+    plan.err_fd = err.write_end.get();
+    plan.report_fd = report.write_end.get();
+    plan.limits = &spec.limits;
+
+    // fork rather than posix_spawn: the limits must be set in the child before exec.
     pid_t pid = 0;
-    int rc = posix_spawn(&pid, executable.c_str(), &setup.m_actions, &setup.m_attributes,
-                         argv.data(), envp.data());
+    {
+        SignalBlock block;
+        pid = ::fork();
+        if (pid == 0) become_program(plan);
+    }
+    if (pid < 0) throw Error("cannot run '" + executable_text + "': fork: " + strerror(errno));
     out.write_end.reset();
     err.write_end.reset();
-    if (rc != 0) {
-        throw Error("cannot run '" + executable.string() + "': " + strerror(rc) + spawn_hint(rc));
+    report.write_end.reset();
+
+    // EOF once the child has exec'd (the pipe is close-on-exec), so the program is in its
+    // own process group before the supervisor may signal that group.
+    ChildFailure failure;
+    ssize_t got = 0;
+    do {
+        got = ::read(report.read_end.get(), &failure, sizeof failure);
+    } while (got < 0 && errno == EINTR);
+    if (got > 0) {
+        int status = 0;
+        while (::waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+        }
+        std::string why = strerror(failure.error);
+        switch (failure.stage) {
+            case ChildFailure::Stage::exec:
+                throw Error("cannot run '" + executable_text + "': " + why +
+                            spawn_hint(failure.error));
+            case ChildFailure::Stage::setup:
+                throw Error("cannot run '" + executable_text +
+                            "': setting up the child process failed: " + why);
+            case ChildFailure::Stage::memory_limit:
+                throw Error("cannot run '" + executable_text +
+                            "': cannot set the memory limit of " +
+                            util::format_byte_size(*spec.limits.memory_bytes) + ": " + why);
+            case ChildFailure::Stage::cpu_limit:
+                throw Error("cannot run '" + executable_text +
+                            "': cannot set the CPU time limit of " +
+                            std::to_string(*spec.limits.cpu_seconds) + " s: " + why);
+            case ChildFailure::Stage::open_files_limit:
+                throw Error("cannot run '" + executable_text + "': cannot set the limit of " +
+                            std::to_string(*spec.limits.open_files) + " open files: " + why);
+        }
     }
 
     Supervisor supervisor(spec, pid, std::move(out.read_end), std::move(err.read_end));

@@ -14,8 +14,26 @@
 // or session (setsid, daemons) are out of reach; if they keep the output pipes open, fedcli
 // stops reading them after the grace periods rather than hang.
 //
-// run_process() throws fedcli::Error only when the program cannot be started; how it ended
-// (exit code, signal, timeout, cancellation) is reported in ProcessResult, never thrown.
+// Resource limits (ResourceLimits): the child sets them with setrlimit(2) between fork and
+// exec, so they bind the program from its first instruction and are inherited by whatever
+// it starts (each process gets its own allowance; they are not shared by the group):
+//   memory_bytes  RLIMIT_AS, address space. Allocations beyond it fail: Python raises
+//                 MemoryError, C++ throws std::bad_alloc, malloc returns NULL. Address
+//                 space is more than resident memory (thread stacks, BLAS buffers and
+//                 mapped libraries count), so leave headroom: numpy needs a few hundred MiB.
+//   cpu_seconds   RLIMIT_CPU. At the limit the kernel sends SIGXCPU, one second of CPU
+//                 later SIGKILL.
+//   open_files    RLIMIT_NOFILE: descriptors the program may have open (stdin/out/err
+//                 count); beyond it open() fails with EMFILE, "Too many open files".
+// A limit above the hard limit fedcli itself runs under is lowered to that hard limit.
+// When a run fails, ProcessResult::exceeded_limit says which limit most likely ended it:
+// SIGXCPU (or SIGKILL after at least the allowed CPU time) for cpu_seconds; for the
+// others, the usual failure messages in the output's tail ("MemoryError", "bad_alloc",
+// "Cannot allocate memory", "Too many open files"), since the kernel reports no more.
+//
+// run_process() throws fedcli::Error only when the program cannot be started (including a
+// limit the kernel refuses); how it ended (exit code, signal, timeout, cancellation, a
+// limit) is reported in ProcessResult, never thrown.
 // If the line callback throws, the process group is killed and reaped before the exception
 // propagates: no child is ever left behind.
 //
@@ -26,6 +44,7 @@
 
 #include <chrono>
 #include <cstddef>
+#include <cstdint>
 #include <filesystem>
 #include <functional>
 #include <map>
@@ -69,6 +88,23 @@ class Environment {
     std::map<std::string, std::string> m_variables;
 };
 
+/// Kernel resource limits for a child process (see the header comment); unset: inherited.
+struct ResourceLimits {
+    std::optional<std::uint64_t> memory_bytes;  ///< RLIMIT_AS, bytes of address space
+    std::optional<std::uint64_t> cpu_seconds;   ///< RLIMIT_CPU, seconds of CPU time
+    std::optional<std::uint64_t> open_files;    ///< RLIMIT_NOFILE, open descriptors
+
+    bool any() const { return memory_bytes || cpu_seconds || open_files; }
+    /// "memory 2 GiB, CPU time 60 s, 64 open files" (only the set ones); "" for none.
+    std::string describe() const;
+    /// Throws fedcli::Error for a limit of 0, or fewer than 4 open files (the program's
+    /// stdin, stdout and stderr already take 3). `where` prefixes the message.
+    void check(const std::string& where) const;
+};
+
+/// Which resource limit ended a run.
+enum class Limit { cpu_time, memory, open_files };
+
 struct ProcessSpec {
     /// argv[0] is what the program sees as its name; must not be empty.
     std::vector<std::string> argv;
@@ -79,6 +115,8 @@ struct ProcessSpec {
     Environment environment = Environment::inherited();
     /// Wall-clock limit; unset: none.
     std::optional<std::chrono::milliseconds> timeout;
+    /// Kernel limits set in the child before exec.
+    ResourceLimits limits;
     /// Time between SIGTERM and SIGKILL to the process group.
     std::chrono::milliseconds kill_grace{5000};
     LineCallback on_line;
@@ -99,11 +137,19 @@ struct ProcessResult {
     bool timed_out = false;
     bool cancelled = false;
     std::optional<std::chrono::milliseconds> timeout;  ///< the limit it ran under
-    std::vector<std::string> tail;                     ///< last lines of stdout and stderr together
+    ResourceLimits limits;                             ///< the kernel limits it ran under
+    /// The limit that most likely ended a failed run (see the header comment).
+    std::optional<Limit> exceeded_limit;
+    std::vector<std::string> tail;  ///< last lines of stdout and stderr together
     std::chrono::milliseconds duration{0};
+    /// User + system CPU time of the program (and of the children it waited for).
+    std::chrono::milliseconds cpu_time{0};
 
     bool succeeded() const { return exit_code == 0 && !timed_out && !cancelled; }
-    /// "exited with code 2", "was killed by signal 9 (SIGKILL)", "timed out after 10 s", ...
+    /// "exited with code 2", "was killed by signal 9 (SIGKILL)", "ran longer than its
+    /// timeout of 10 s and was stopped", "exceeded its CPU time limit of 60 s and was killed
+    /// by signal 24 (SIGXCPU)", "exited with code 1 after exceeding its memory limit of
+    /// 2 GiB", "exited with code 1 after reaching its limit of 64 open files", ...
     std::string describe() const;
     /// The tail as one block of text, each line indented by two spaces ("" when empty).
     std::string format_tail() const;

@@ -20,6 +20,7 @@
 #include <utility>
 
 #include "core/error.hpp"
+#include "core/util/limits.hpp"
 #include "core/util/sha256.hpp"
 
 namespace fedcli::package {
@@ -39,6 +40,18 @@ std::string quote(std::string_view text) {
 std::string errno_text(int error) {
     return std::strerror(error);
 }
+
+/// "4096 bytes (4 KiB)": exact for tests and scripts, readable for people.
+std::string bytes_text(std::uint64_t bytes) {
+    std::string text = std::to_string(bytes) + " bytes";
+    if (bytes >= 1024) text += " (" + util::format_byte_size(bytes) + ")";
+    return text;
+}
+
+/// Extra tar bytes allowed per entry beyond its file data (header, pax records, padding).
+constexpr std::uint64_t k_tar_overhead_per_entry = 16 * 1024;
+/// Extra tar bytes allowed per archive (end-of-archive blocks, block padding).
+constexpr std::uint64_t k_tar_overhead_per_archive = std::uint64_t{1} << 20;
 
 /// An owned file descriptor.
 class Descriptor {
@@ -230,13 +243,20 @@ std::string entry_link(archive_entry* entry) {
 /// flipped inside stored data would go unnoticed; zlib checks both.
 class TarStream {
   public:
-    TarStream(const fs::path& path, const std::string& name) : m_name(name) {
+    TarStream(const fs::path& path, const std::string& name, const Limits& limits)
+        : m_name(name), m_max_tar_bytes(limits.max_tar_bytes()) {
         m_fd = Descriptor(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
         if (!m_fd.valid()) throw Error(m_name + ": cannot open: " + errno_text(errno));
         struct stat info {};
         if (::fstat(m_fd.get(), &info) != 0) throw Error(m_name + ": " + errno_text(errno));
         if (!S_ISREG(info.st_mode)) throw Error(m_name + ": not a regular file");
         if (info.st_size == 0) throw Error(m_name + ": empty file, not a package");
+        if (static_cast<std::uint64_t>(info.st_size) > limits.max_package_bytes) {
+            throw Error(m_name + ": the package file is " +
+                        bytes_text(static_cast<std::uint64_t>(info.st_size)) +
+                        ", above the limit of " + bytes_text(limits.max_package_bytes) +
+                        " for a package");
+        }
         m_input.resize(k_block_size);
         m_output.resize(k_block_size);
         fill();
@@ -252,8 +272,27 @@ class TarStream {
     TarStream(const TarStream&) = delete;
     TarStream& operator=(const TarStream&) = delete;
 
-    /// The next block of tar bytes (empty at the end). Throws fedcli::Error.
+    /// The next block of tar bytes (empty at the end). Throws fedcli::Error, also when
+    /// the tar data grows beyond what the limits allow.
     std::span<const unsigned char> read() {
+        auto block = next_block();
+        m_tar_bytes += block.size();
+        if (m_tar_bytes > m_max_tar_bytes) {
+            throw Error(m_name + ": unpacks to more than " + bytes_text(m_max_tar_bytes) +
+                        " of tar data, more than the package limits allow");
+        }
+        return block;
+    }
+
+    /// Reads and checks whatever follows the end of the tar data (the rest of the gzip
+    /// stream with its checksums), so that corruption anywhere in the file is reported.
+    void finish() {
+        while (!read().empty()) {
+        }
+    }
+
+  private:
+    std::span<const unsigned char> next_block() {
         if (!m_gzip) {
             if (m_available == 0) fill();
             std::span<const unsigned char> block(m_input.data() + m_offset, m_available);
@@ -290,14 +329,6 @@ class TarStream {
         return {};
     }
 
-    /// Reads and checks whatever follows the end of the tar data (the rest of the gzip
-    /// stream with its checksums), so that corruption anywhere in the file is reported.
-    void finish() {
-        while (!read().empty()) {
-        }
-    }
-
-  private:
     void fill() {
         if (m_available > 0 && m_offset > 0) {
             std::memmove(m_input.data(), m_input.data() + m_offset, m_available);
@@ -342,6 +373,8 @@ class TarStream {
     }
 
     std::string m_name;
+    std::uint64_t m_max_tar_bytes = 0;
+    std::uint64_t m_tar_bytes = 0;  ///< produced so far
     Descriptor m_fd;
     std::vector<unsigned char> m_input;
     std::vector<unsigned char> m_output;
@@ -357,7 +390,8 @@ class TarStream {
 /// Reads the headers of a tar or tar.gz archive one at a time.
 class ArchiveReader {
   public:
-    explicit ArchiveReader(const fs::path& path) : m_name(path.string()), m_stream(path, m_name) {
+    ArchiveReader(const fs::path& path, const Limits& limits)
+        : m_name(path.string()), m_stream(path, m_name, limits) {
         m_archive.reset(archive_read_new());
         if (!m_archive) throw Error(m_name + ": cannot allocate an archive reader");
         archive_read_support_filter_none(m_archive.get());
@@ -675,6 +709,21 @@ class PackageWriter {
 // ---------------------------------------------------------------------------------------
 // Extracting
 
+std::string too_many_entries(const Limits& limits) {
+    return "the archive holds more than " + std::to_string(limits.max_entries) +
+           " entries (the limit)";
+}
+
+std::string total_too_large(const Limits& limits) {
+    return "file data exceeds the limit of " + bytes_text(limits.max_total_bytes) +
+           " for the whole archive";
+}
+
+std::string file_too_large(const Limits& limits) {
+    return "file is larger than the limit of " + bytes_text(limits.max_file_bytes) +
+           " for one file";
+}
+
 class Extraction {
   public:
     Extraction(const fs::path& archive_path, const fs::path& destination,
@@ -793,15 +842,14 @@ class Extraction {
     }
 
     void extract_entries() {
-        ArchiveReader reader(m_archive_path);
+        ArchiveReader reader(m_archive_path, m_options.limits);
         std::vector<char> buffer(k_block_size);
         std::string previous;
         while (archive_entry* entry = reader.next(previous)) {
             std::string raw = entry_path(entry);
             previous = raw;
-            if (++m_result.entry_count > m_options.max_entries) {
-                fail(raw, "the archive holds more than " + std::to_string(m_options.max_entries) +
-                              " entries (the limit)");
+            if (++m_result.entry_count > m_options.limits.max_entries) {
+                fail(raw, too_many_entries(m_options.limits));
             }
             if (raw.empty()) fail(raw, "empty name");
             if (raw.front() == '/') fail(raw, "absolute paths are not allowed");
@@ -853,11 +901,15 @@ class Extraction {
 
     void write_file(ArchiveReader& reader, archive_entry* entry, const std::string& raw,
                     const std::vector<std::string_view>& parts, std::vector<char>& buffer) {
-        std::uint64_t remaining = m_options.max_total_bytes - m_result.total_bytes;
-        if (archive_entry_size_is_set(entry) && archive_entry_size(entry) > 0 &&
-            static_cast<std::uint64_t>(archive_entry_size(entry)) > remaining) {
-            fail(raw, too_large());
+        const Limits& limits = m_options.limits;
+        if (archive_entry_size_is_set(entry) && archive_entry_size(entry) > 0) {
+            auto declared = static_cast<std::uint64_t>(archive_entry_size(entry));
+            if (declared > limits.max_file_bytes) fail(raw, file_too_large(limits));
+            if (declared > limits.max_total_bytes - m_result.total_bytes) {
+                fail(raw, total_too_large(limits));
+            }
         }
+        std::uint64_t written = 0;
         Descriptor folder = open_folder(raw, parts, parts.size() - 1, true);
         std::string name(parts.back());
         mode_t mode = (archive_entry_perm(entry) & S_IXUSR) ? 0755 : 0644;
@@ -872,17 +924,16 @@ class Extraction {
             if (n < 0) fail(raw, "cannot read data: " + reader.message());
             if (n == 0) break;
             auto count = static_cast<std::uint64_t>(n);
-            if (count > m_options.max_total_bytes - m_result.total_bytes) fail(raw, too_large());
+            if (count > limits.max_file_bytes - written) fail(raw, file_too_large(limits));
+            if (count > limits.max_total_bytes - m_result.total_bytes) {
+                fail(raw, total_too_large(limits));
+            }
+            written += count;
             m_result.total_bytes += count;
             write_all(file.get(), buffer.data(), static_cast<std::size_t>(n),
                       m_name + ": entry " + quote(raw));
         }
         if (file.close() != 0) fail(raw, "cannot write file: " + errno_text(errno));
-    }
-
-    std::string too_large() const {
-        return "file data exceeds the limit of " + std::to_string(m_options.max_total_bytes) +
-               " bytes for the whole archive";
     }
 
     void make_symlink(archive_entry* entry, const std::string& raw, const std::string& key,
@@ -1123,12 +1174,33 @@ CreateResult create(const fs::path& project_dir, const fs::path& output,
     }
 }
 
-void scan(const fs::path& archive_path, const std::function<void(const EntryInfo&)>& visit) {
-    ArchiveReader reader(archive_path);
+std::uint64_t Limits::max_tar_bytes() const {
+    auto saturating_add = [](std::uint64_t a, std::uint64_t b) {
+        return a > UINT64_MAX - b ? UINT64_MAX : a + b;
+    };
+    std::uint64_t per_entries =
+        max_entries > UINT64_MAX / k_tar_overhead_per_entry
+            ? UINT64_MAX
+            : (static_cast<std::uint64_t>(max_entries) + 1) * k_tar_overhead_per_entry;
+    return saturating_add(saturating_add(max_total_bytes, per_entries), k_tar_overhead_per_archive);
+}
+
+void scan(const fs::path& archive_path, const std::function<void(const EntryInfo&)>& visit,
+          const Limits& limits) {
+    ArchiveReader reader(archive_path, limits);
     std::string previous;
+    std::size_t entries = 0;
+    std::uint64_t total = 0;
     while (archive_entry* entry = reader.next(previous)) {
         EntryInfo info = describe(entry);
         previous = info.path;
+        auto fail = [&](const std::string& why) {
+            throw Error(reader.name() + ": entry " + quote(info.path) + ": " + why);
+        };
+        if (++entries > limits.max_entries) fail(too_many_entries(limits));
+        if (info.size > limits.max_file_bytes) fail(file_too_large(limits));
+        if (info.size > limits.max_total_bytes - total) fail(total_too_large(limits));
+        total += info.size;
         visit(info);
         if (archive_read_data_skip(reader.handle()) < ARCHIVE_WARN) {
             throw Error(reader.name() + ": entry " + quote(previous) +
@@ -1137,9 +1209,10 @@ void scan(const fs::path& archive_path, const std::function<void(const EntryInfo
     }
 }
 
-std::vector<EntryInfo> list(const fs::path& archive_path) {
+std::vector<EntryInfo> list(const fs::path& archive_path, const Limits& limits) {
     std::vector<EntryInfo> entries;
-    scan(archive_path, [&](const EntryInfo& info) { entries.push_back(info); });
+    scan(
+        archive_path, [&](const EntryInfo& info) { entries.push_back(info); }, limits);
     return entries;
 }
 

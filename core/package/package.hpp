@@ -23,8 +23,7 @@
 // symlinks whose target is absolute or resolves outside the extraction folder, hard links
 // to anything but a regular file extracted earlier from the same archive, devices, fifos
 // and sockets, entries whose path passes through a symlink or a file, duplicate entries,
-// more than ExtractOptions::max_entries entries, and more than
-// ExtractOptions::max_total_bytes bytes of file data (counted as written, not as declared).
+// and anything beyond its Limits (below).
 // Files are created with O_EXCL|O_NOFOLLOW under directory descriptors opened with
 // O_NOFOLLOW, so nothing is ever written outside the temporary folder. Extracted files get
 // mode 0755 when the owner-execute bit is set in the archive, 0644 otherwise (folders 0755),
@@ -34,8 +33,18 @@
 // which checks every member's CRC-32 and length (libarchive's gzip reader does not), and
 // list(), scan() and extract() read the file to its end, so corruption anywhere is an error.
 //
+// Limits: every read of an archive (scan, list, extract) enforces a Limits value, whose
+// defaults are safe for packages from an untrusted combiner: the package file at most
+// 512 MiB, at most 10000 entries, at most 512 MiB in one file and 1 GiB of file data in
+// all, and the tar stream inside the gzip layer at most the file data plus 16 KiB per
+// entry and 1 MiB (headers, padding, trailing data), so a decompression bomb is stopped
+// early. scan() checks sizes as the headers declare them; extract() also counts the bytes
+// as written, so a header that lies does not help.
+//
 // Every failure throws fedcli::Error naming the archive and, where it applies, the entry:
-//   "package.tgz: entry '../evil.sh': path escapes the extraction folder".
+//   "package.tgz: entry '../evil.sh': path escapes the extraction folder"
+//   "package.tgz: entry 'data.bin': file is larger than the limit of 536870912 bytes
+//    (512 MiB) for one file".
 //
 // Thread-safety: the functions share no state; concurrent calls are safe as long as they
 // do not write the same output or destination.
@@ -88,6 +97,26 @@ CreateResult create(const std::filesystem::path& project_dir, const std::filesys
                     const CreateOptions& options = {});
 
 // ---------------------------------------------------------------------------------------
+// Limits
+
+/// What an archive may hold before reading it is refused (see the header comment). The
+/// defaults are the limits a client applies to the packages it installs.
+struct Limits {
+    /// The archive file as stored (compressed).
+    std::uint64_t max_package_bytes = std::uint64_t{512} << 20;
+    /// Entries of any type (files, folders, links).
+    std::size_t max_entries = 10000;
+    /// File data of all files together, unpacked.
+    std::uint64_t max_total_bytes = std::uint64_t{1} << 30;
+    /// One file, unpacked.
+    std::uint64_t max_file_bytes = std::uint64_t{512} << 20;
+
+    /// The most tar data (headers and padding included) these limits allow the gzip layer
+    /// to inflate to.
+    std::uint64_t max_tar_bytes() const;
+};
+
+// ---------------------------------------------------------------------------------------
 // Listing
 
 enum class EntryType {
@@ -114,12 +143,14 @@ struct EntryInfo {
 };
 
 /// Calls `visit` for every entry of the archive in archive order, without extracting or
-/// validating anything and without holding the entries in memory. Throws fedcli::Error
-/// naming the archive (and the last entry read) when it is not a readable tar/tar.gz.
-void scan(const std::filesystem::path& archive, const std::function<void(const EntryInfo&)>& visit);
+/// validating paths and without holding the entries in memory. Throws fedcli::Error
+/// naming the archive (and the last entry read) when it is not a readable tar/tar.gz or
+/// exceeds `limits` (sizes as declared in the headers).
+void scan(const std::filesystem::path& archive, const std::function<void(const EntryInfo&)>& visit,
+          const Limits& limits = {});
 
 /// All entries of the archive in archive order (scan() collected into a vector).
-std::vector<EntryInfo> list(const std::filesystem::path& archive);
+std::vector<EntryInfo> list(const std::filesystem::path& archive, const Limits& limits = {});
 
 // ---------------------------------------------------------------------------------------
 // Extracting
@@ -138,8 +169,7 @@ enum class TopFolder {
 };
 
 struct ExtractOptions {
-    std::uint64_t max_total_bytes = std::uint64_t{1} << 30;  ///< file data, as written
-    std::size_t max_entries = 10000;                         ///< entries of any type
+    Limits limits;  ///< sizes counted as written, not as declared
     Overwrite overwrite = Overwrite::no;
     TopFolder top_folder = TopFolder::keep;
 };

@@ -5,8 +5,10 @@
 // Entry points are small sh scripts and Python snippets written into each test's temp dir.
 // Synchronisation with a child never relies on sleeping: tests that must act while a child
 // runs wait for a line it prints ("ready") through the line callback. The one exception is
-// the timeout test, where the child's own `sleep` outlives a generous limit.
+// the timeout test, where the child's own `sleep` outlives a generous limit. The resource
+// limit tests trip each limit for real (a CPU spin, a 1 GiB allocation, 100 open files).
 #include <signal.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include <catch2/catch.hpp>
@@ -428,7 +430,7 @@ TEST_CASE("a timeout kills the whole process group, grandchildren included",
     ProcessResult result = run_process(spec);
     CHECK(result.timed_out);
     CHECK_FALSE(result.succeeded());
-    CHECK(result.describe() == "timed out after 2 s and was stopped");
+    CHECK(result.describe() == "ran longer than its timeout of 2 s and was stopped");
     CHECK(result.tail == std::vector<std::string>{"ready"});
     CHECK(wait_until_gone(read_pid(dir / "grandchild.pid")));
 }
@@ -455,6 +457,157 @@ TEST_CASE("cancellation stops the group, and SIGKILL follows an ignored SIGTERM"
     CHECK(result.signal == SIGKILL);
     CHECK(result.describe() == "was cancelled");
     CHECK(wait_until_gone(read_pid(dir / "grandchild.pid")));
+}
+
+// ---------------------------------------------------------------------------------------
+// Resource limits. Each test really trips its limit; a wall-clock timeout far above what
+// the run needs turns a limit that failed to apply into a test failure instead of a hang.
+
+TEST_CASE("resource limits are in force in the program from its start", "[dispatch][limits]") {
+    ProcessSpec spec;
+    spec.argv = {"sh", "-c", "ulimit -v; ulimit -t; ulimit -n; ulimit -Ht"};
+    spec.limits.memory_bytes = std::uint64_t{256} << 20;
+    spec.limits.cpu_seconds = 7;
+    spec.limits.open_files = 32;
+    ProcessResult result = run_process(spec);
+    CHECK(result.succeeded());
+    // ulimit -v is in KiB; the hard CPU limit is one second above the soft one.
+    CHECK(result.tail == std::vector<std::string>{"262144", "7", "32", "8"});
+    CHECK(result.limits.describe() == "memory 256 MiB, CPU time 7 s, 32 open files");
+    CHECK_FALSE(result.exceeded_limit);
+}
+
+TEST_CASE("limits above fedcli's own hard limits are lowered to them", "[dispatch][limits]") {
+    struct rlimit files {};
+    REQUIRE(::getrlimit(RLIMIT_NOFILE, &files) == 0);
+    ProcessSpec spec;
+    spec.argv = {"sh", "-c", "ulimit -n; ulimit -Hn"};
+    spec.limits.open_files = std::uint64_t{1} << 40;
+    spec.limits.cpu_seconds = std::uint64_t{1} << 40;
+    ProcessResult result = run_process(spec);
+    CHECK(result.succeeded());
+    std::string hard =
+        files.rlim_max == RLIM_INFINITY ? "unlimited" : std::to_string(files.rlim_max);
+    CHECK(result.tail == std::vector<std::string>{hard, hard});
+}
+
+TEST_CASE("a CPU-bound program is stopped at its CPU time limit", "[dispatch][limits]") {
+    ProcessSpec spec;
+    spec.argv = {"sh", "-c", "echo spinning; while :; do :; done"};
+    spec.limits.cpu_seconds = 1;
+    spec.timeout = milliseconds(60000);
+    ProcessResult result = run_process(spec);
+    CHECK_FALSE(result.timed_out);
+    CHECK(result.signal == SIGXCPU);
+    CHECK(result.cpu_time >= milliseconds(900));
+    REQUIRE(result.exceeded_limit == Limit::cpu_time);
+    CHECK(result.describe() ==
+          "exceeded its CPU time limit of 1 s and was killed by signal 24 (SIGXCPU)");
+}
+
+TEST_CASE("a program that ignores SIGXCPU is killed a second later", "[dispatch][limits]") {
+    ProcessSpec spec;
+    spec.argv = {"sh", "-c", "trap '' XCPU; while :; do :; done"};
+    spec.limits.cpu_seconds = 1;
+    spec.timeout = milliseconds(60000);
+    ProcessResult result = run_process(spec);
+    CHECK(result.signal == SIGKILL);
+    CHECK(result.cpu_time >= milliseconds(1900));
+    CHECK(result.exceeded_limit == Limit::cpu_time);
+    CHECK(result.describe() ==
+          "exceeded its CPU time limit of 1 s and was killed by signal 9 (SIGKILL)");
+}
+
+TEST_CASE("allocations beyond the memory limit fail and the run names the limit",
+          "[dispatch][limits]") {
+    ProcessSpec spec;
+    spec.argv = {fedcli::test::python(), "-c",
+                 "print('allocating'); x = bytearray(1 << 30); print('allocated')"};
+    spec.limits.memory_bytes = std::uint64_t{128} << 20;
+    spec.timeout = milliseconds(60000);
+    ProcessResult result = run_process(spec);
+    CHECK(result.exit_code == 1);
+    CHECK_THAT(result.format_tail(),
+               Contains("allocating") && Contains("MemoryError") && !Contains("allocated"));
+    REQUIRE(result.exceeded_limit == Limit::memory);
+    CHECK(result.describe() == "exited with code 1 after exceeding its memory limit of 128 MiB");
+
+    // The same program without the limit allocates (1 GiB of address space, untouched).
+    spec.limits = {};
+    CHECK(run_process(spec).succeeded());
+}
+
+TEST_CASE("opening more files than the limit fails and the run names the limit",
+          "[dispatch][limits]") {
+    ProcessSpec spec;
+    spec.argv = {fedcli::test::python(), "-c",
+                 "files = [open('/dev/null') for _ in range(100)]; print('opened')"};
+    spec.limits.open_files = 16;
+    spec.timeout = milliseconds(60000);
+    ProcessResult result = run_process(spec);
+    CHECK(result.exit_code == 1);
+    CHECK_THAT(result.format_tail(), Contains("Too many open files") && !Contains("opened"));
+    REQUIRE(result.exceeded_limit == Limit::open_files);
+    CHECK(result.describe() == "exited with code 1 after reaching its limit of 16 open files");
+
+    spec.limits.open_files = 200;
+    CHECK(run_process(spec).succeeded());
+}
+
+TEST_CASE("a failure under limits that is not theirs keeps its own description",
+          "[dispatch][limits]") {
+    ProcessSpec spec;
+    spec.argv = {"sh", "-c", "echo 'Too many open files'; exit 3"};
+    spec.limits.memory_bytes = std::uint64_t{1} << 30;  // set, but open_files is not
+    ProcessResult result = run_process(spec);
+    CHECK_FALSE(result.exceeded_limit);
+    CHECK(result.describe() == "exited with code 3");
+}
+
+TEST_CASE("invalid resource limits are refused before anything runs", "[dispatch][limits]") {
+    TempDir dir;
+    ProcessSpec spec;
+    spec.argv = {"sh", "-c", "touch ran"};
+    spec.working_directory = dir.path();
+    spec.limits.open_files = 3;
+    CHECK_THAT(error_of([&] { run_process(spec); }),
+               Contains("cannot run 'sh': the open-file limit must be at least 4"));
+    spec.limits = {};
+    spec.limits.cpu_seconds = 0;
+    CHECK_THAT(error_of([&] { run_process(spec); }),
+               Contains("the CPU time limit must be at least 1 s"));
+    spec.limits = {};
+    spec.limits.memory_bytes = 0;
+    CHECK_THAT(error_of([&] { run_process(spec); }), Contains("the memory limit must not be 0"));
+    CHECK_FALSE(fs::exists(dir / "ran"));
+}
+
+TEST_CASE("an entry point stopped by a limit says which limit", "[dispatch][limits]") {
+    TempDir dir;
+    write_script(dir / "spin.sh", "echo starting\nwhile :; do :; done\n");
+    write_script(dir / "fail.sh", "echo broken >&2\nexit 2\n");
+    auto project = make_project(dir.path(), {{"startup", "sh spin.sh"}, {"build", "sh fail.sh"}});
+    RunRequest request;
+    request.limits.cpu_seconds = 1;
+    request.timeout = milliseconds(60000);
+    ProcessResult process;
+    request.process_result = &process;
+    CHECK_THAT(error_of([&] { run_entry_point(project, "startup", request); }),
+               Contains("entry point 'startup': 'sh spin.sh' exceeded its CPU time limit of 1 s "
+                        "and was killed by signal 24 (SIGXCPU)") &&
+                   Contains("  starting"));
+    CHECK(process.exceeded_limit == Limit::cpu_time);
+
+    // Any other failure under limits lists them, in case one of them was the cause.
+    request.limits.memory_bytes = std::uint64_t{512} << 20;
+    CHECK_THAT(error_of([&] { run_entry_point(project, "build", request); }),
+               Contains("entry point 'build': 'sh fail.sh ") &&
+                   Contains("' exited with code 2 (it ran with limits: memory 512 MiB, CPU time "
+                            "1 s); its last 1 lines of output:\n  broken"));
+
+    request.limits.open_files = 1;
+    CHECK_THAT(error_of([&] { run_entry_point(project, "startup", request); }),
+               Contains("entry point 'startup': the open-file limit must be at least 4"));
 }
 
 TEST_CASE("a readable cancel descriptor cancels the run", "[dispatch][process]") {
@@ -662,7 +815,8 @@ TEST_CASE("an entry point timeout stops it with a clear error", "[dispatch]") {
     request.timeout = milliseconds(1500);
     request.kill_grace = milliseconds(200);
     CHECK_THAT(error_of([&] { run_entry_point(project, "startup", request); }),
-               Contains("entry point 'startup'") && Contains("timed out after 1.5 s"));
+               Contains("entry point 'startup': 'sh slow.sh' ran longer than its timeout of "
+                        "1.5 s and was stopped"));
     CHECK(wait_until_gone(read_pid(dir / "grandchild.pid")));
 }
 

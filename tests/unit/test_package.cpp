@@ -594,8 +594,8 @@ make('long-path', lambda t: D(t, 'a/' * 2100 + 'x'))
         auto archive = folder / "package.tgz";
         INFO("case " << hostile.name);
         ExtractOptions options;
-        options.max_entries = hostile.max_entries;
-        options.max_total_bytes = hostile.max_total_bytes;
+        options.limits.max_entries = hostile.max_entries;
+        options.limits.max_total_bytes = hostile.max_total_bytes;
         std::string expected =
             archive.string() + ": entry '" + hostile.entry + "': " + hostile.reason;
         CHECK_THROWS_WITH(extract(archive, folder / "out", options), Contains(expected));
@@ -611,6 +611,83 @@ make('long-path', lambda t: D(t, 'a/' * 2100 + 'x'))
     // inspect shows hostile names as they are, without judging them.
     CHECK(entry_paths(dir / "dotdot/package.tgz") ==
           std::vector<std::string>{"ok.txt", "../evil.sh"});
+}
+
+TEST_CASE("package limits: each one stops extract, scan and list with a clear error",
+          "[extract][limits]") {
+    TempDir dir;
+    run_python(std::string(k_python_tar_prelude) + R"PY(
+make('files', lambda t: data(t, 'a.txt', b'a' * 3000), lambda t: data(t, 'b.txt', b'b' * 3000),
+     lambda t: data(t, 'c.txt', b'c' * 100))
+# A decompression bomb hiding behind the end of the tar: 64 MiB of zeros after a tiny file.
+make('bomb', lambda t: data(t, 'tiny.txt'))
+import gzip
+with gzip.open(os.path.join(out, 'bomb', 'package.tgz'), 'ab') as f:
+    f.write(bytes(64 << 20))
+)PY",
+               {dir.path().string()});
+    auto files = dir / "files/package.tgz";
+    auto expect_refused = [&](const fs::path& archive, const Limits& limits,
+                              const std::string& message) {
+        ExtractOptions options;
+        options.limits = limits;
+        CHECK_THROWS_WITH(extract(archive, dir / "out", options), Contains(message));
+        CHECK_FALSE(fs::exists(dir / "out"));
+        CHECK_THROWS_WITH(list(archive, limits), Contains(message));
+    };
+
+    // The defaults let a normal package through.
+    CHECK(list(files).size() == 3);
+    CHECK(extract(files, dir / "fine").total_bytes == 6100);
+
+    SECTION("package file size") {
+        Limits limits;
+        limits.max_package_bytes = 100;
+        expect_refused(files, limits,
+                       files.string() + ": the package file is " +
+                           std::to_string(fs::file_size(files)) +
+                           " bytes, above the limit of 100 bytes for a package");
+    }
+    SECTION("entry count") {
+        Limits limits;
+        limits.max_entries = 2;
+        expect_refused(
+            files, limits,
+            files.string() + ": entry 'c.txt': the archive holds more than 2 entries (the limit)");
+    }
+    SECTION("single file size") {
+        Limits limits;
+        limits.max_file_bytes = 2048;
+        expect_refused(files, limits,
+                       files.string() +
+                           ": entry 'a.txt': file is larger than the limit of 2048 bytes (2 KiB) "
+                           "for one file");
+    }
+    SECTION("total unpacked size") {
+        Limits limits;
+        limits.max_total_bytes = 5000;
+        expect_refused(files, limits,
+                       files.string() +
+                           ": entry 'b.txt': file data exceeds the limit of 5000 bytes (4.9 KiB) "
+                           "for the whole archive");
+    }
+    SECTION("tar data beyond what the limits allow (decompression bomb)") {
+        auto bomb = dir / "bomb/package.tgz";
+        CHECK(fs::file_size(bomb) < (std::uint64_t{1} << 20));
+        Limits limits;
+        limits.max_total_bytes = 1 << 20;
+        limits.max_entries = 10;
+        CHECK(limits.max_tar_bytes() == (1 << 20) + 11 * 16384 + (1 << 20));
+        const std::string refusal = "unpacks to more than 2277376 bytes (2.2 MiB) of tar data";
+        ExtractOptions options;
+        options.limits = limits;
+        CHECK_THROWS_WITH(extract(bomb, dir / "out", options),
+                          Contains(bomb.string() + ": ") && Contains(refusal));
+        CHECK_FALSE(fs::exists(dir / "out"));
+        CHECK_THROWS_WITH(list(bomb, limits), Contains(bomb.string() + ": ") && Contains(refusal));
+        // With the defaults the same archive is fine: 64 MiB of padding is within them.
+        CHECK(list(bomb).size() == 1);
+    }
 }
 
 TEST_CASE("a rejected archive leaves an existing destination untouched, even with replace",
