@@ -23,7 +23,8 @@ constexpr RegisterGroup k_groups[] = {
     register_project_commands,    register_run_commands,      register_package_commands,
     register_model_commands,      register_combiner_commands, register_client_commands,
     register_federation_commands,  // adds to `package` and `model`, so after them
-    register_session_commands,    register_history_commands,
+    register_session_commands,    register_history_commands,  register_token_commands,
+    register_certs_commands,      register_signing_commands,  register_local_commands,
 };
 
 constexpr std::string_view k_program = "fedcli";

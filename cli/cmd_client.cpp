@@ -8,10 +8,12 @@
 #include <memory>
 
 #include "cli/app.hpp"
+#include "cli/cmd_run.hpp"
 #include "cli/commands.hpp"
 #include "cli/federation.hpp"
 #include "client/client.hpp"
 #include "core/error.hpp"
+#include "core/package/signature.hpp"
 #include "core/proto/rpc.hpp"
 #include "core/util/ids.hpp"
 
@@ -29,6 +31,11 @@ struct StartOptions {
     std::filesystem::path data_path;
     std::vector<std::string> environment;
     bool verbose = false;
+    AccessOptions access;
+    EntryPointLimitOptions limits;
+    std::vector<std::string> package_pins;
+    std::vector<std::filesystem::path> trusted_keys;
+    bool trust_any_package = false;
 };
 
 std::string host_name() {
@@ -79,6 +86,25 @@ int client_start(const StartOptions& options, std::ostream& out) {
         settings.environment.emplace_back(item.substr(0, equals), item.substr(equals + 1));
     }
     settings.echo_output = options.verbose;
+    const EntryPointLimits limits = entry_point_limits(options.limits);
+    settings.entry_point_timeout = limits.timeout;
+    settings.entry_point_limits = limits.limits;
+    for (const std::string& pin : options.package_pins) {
+        if (!util::is_sha256(pin)) {
+            throw UsageError("--package-sha256 '" + pin + "': expected 64 hex digits", command);
+        }
+        settings.package_pins.push_back(util::lowercase(pin));
+    }
+    for (const auto& file : options.trusted_keys) {
+        settings.trusted_keys.push_back(package::load_public_key(file));
+    }
+    settings.trust_any_package = options.trust_any_package;
+    if (settings.trust_any_package && !settings.project) {
+        out << "WARNING: --trust-any-package: this client runs whatever code the combiner "
+               "sends, unverified\n";
+    }
+    // A client never falls back to the operator's admin token file.
+    settings.channel = channel_options(options.access, options.combiner, false);
 
     // Before any thread exists (the client's and gRPC's inherit the blocked mask).
     SignalWaiter signals;
@@ -132,6 +158,34 @@ Action setup_start(CLI::App& command, const Streams& streams) {
                     "Extra environment variable for the entry points (repeatable)")
         ->type_name("NAME=VALUE");
     command.add_flag("--verbose,-v", options->verbose, "Echo the entry points' output");
+    add_entry_point_limit_options(command, options->limits);
+    command
+        .add_option("--trust-key", options->trusted_keys,
+                    "Run packages signed by this public key (`fedcli package keygen`; "
+                    "repeatable)")
+        ->type_name("FILE")
+        ->group("Trusted packages");
+    command
+        .add_option("--package-sha256", options->package_pins,
+                    "Run the package with this sha256 (a pin; repeatable)")
+        ->type_name("HEX")
+        ->group("Trusted packages");
+    command
+        .add_flag("--trust-any-package", options->trust_any_package,
+                  "Run any package the combiner sends, unverified (testing only)")
+        ->group("Trusted packages");
+    add_access_options(command, options->access);
+    command.footer(
+        "The client presents an access token (a client token from `fedcli token create\n"
+        "--role client`, one per client: it is bound to the client id it first connects\n"
+        "with). A combiner that refuses the token ends the client with an error. With TLS\n"
+        "pass --ca (and --tls-cert/--tls-key when the combiner requires client certificates).\n"
+        "A package from the combiner runs only when it is signed by a --trust-key or its\n"
+        "sha256 is pinned with --package-sha256 (docs/security.md); a local --path project\n"
+        "needs neither.\n"
+        "Example:\n"
+        "  fedcli client start --combiner combiner.example.org:12080 --ca ca.pem \\\n"
+        "      --token-file c1.token --name c1");
     std::ostream& out = streams.out;
     return [options, &out] { return client_start(*options, out); };
 }

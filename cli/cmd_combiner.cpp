@@ -151,6 +151,10 @@ struct StartOptions {
     std::filesystem::path config;
     double heartbeat_interval = 2.0;
     std::filesystem::path port_file;
+    bool insecure = false;
+    std::filesystem::path tls_cert;
+    std::filesystem::path tls_key;
+    std::filesystem::path client_ca;
     // Which flags were given (they override the file).
     CLI::Option* host_flag = nullptr;
     CLI::Option* port_flag = nullptr;
@@ -190,6 +194,17 @@ int combiner_start(const StartOptions& options, std::ostream& out) {
             static_cast<std::int64_t>(std::llround(options.heartbeat_interval * 1000)));
     }
     if (settings.heartbeat_interval.count() < 1) settings.heartbeat_interval = {};
+    settings.insecure = options.insecure;
+    if (options.tls_cert.empty() != options.tls_key.empty()) {
+        throw UsageError("TLS needs both --tls-cert and --tls-key", "fedcli combiner start");
+    }
+    if (!options.client_ca.empty() && options.tls_cert.empty()) {
+        throw UsageError("--client-ca needs TLS: give --tls-cert and --tls-key too",
+                         "fedcli combiner start");
+    }
+    settings.tls_cert_file = options.tls_cert;
+    settings.tls_key_file = options.tls_key;
+    settings.client_ca_file = options.client_ca;
     out.setf(std::ios::unitbuf);  // every event line reaches a pipe or file at once
     settings.log = &out;
 
@@ -241,6 +256,29 @@ Action setup_start(CLI::App& command, const Streams& streams) {
         .add_option("--port-file", options->port_file,
                     "Write the bound port to FILE once listening (atomically)")
         ->type_name("FILE");
+    command.add_flag("--insecure", options->insecure,
+                     "Serve without authentication: anyone who reaches the port is operator "
+                     "and client (trusted networks and tests only)");
+    command
+        .add_option("--tls-cert", options->tls_cert,
+                    "Serve TLS with this certificate (PEM; `fedcli certs create` makes one)")
+        ->type_name("FILE");
+    command.add_option("--tls-key", options->tls_key, "Private key (PEM) of --tls-cert")
+        ->type_name("FILE");
+    command
+        .add_option("--client-ca", options->client_ca,
+                    "Mutual TLS: require client certificates signed by this CA (PEM)")
+        ->type_name("FILE");
+    command.footer(
+        "Every call needs an access token unless --insecure is given. On the first start\n"
+        "without an admin token the combiner makes one and writes it to\n"
+        "<data dir>/admin.token (mode 0600); operator commands on this machine find it there\n"
+        "when the data dir is the default one, else pass --token-file. Make tokens for\n"
+        "clients with `fedcli token create --role client`. See docs/security.md.\n"
+        "Example:\n"
+        "  fedcli certs create --out certs --host combiner.example.org\n"
+        "  fedcli combiner start --host 0.0.0.0 --tls-cert certs/server.pem "
+        "--tls-key certs/server.key");
     std::ostream& out = streams.out;
     return [options, &out] { return combiner_start(*options, out); };
 }

@@ -9,8 +9,10 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
+#include <fstream>
 #include <memory>
 #include <nlohmann/json.hpp>
+#include <sstream>
 
 #include "cli/app.hpp"
 #include "cli/cmd_model.hpp"
@@ -19,9 +21,11 @@
 #include "cli/text.hpp"
 #include "core/error.hpp"
 #include "core/package/package.hpp"
+#include "core/package/signature.hpp"
 #include "core/project/project.hpp"
 #include "core/proto/rpc.hpp"
 #include "core/util/ids.hpp"
+#include "core/util/sha256.hpp"
 
 namespace fedcli::cli {
 
@@ -62,7 +66,40 @@ struct PackagePushOptions {
     std::string combiner = k_default_combiner;
     std::filesystem::path file;
     std::filesystem::path path;
+    std::filesystem::path signature;  ///< default: FILE.sig when it exists
+    std::filesystem::path sign_key;   ///< sign now with this secret key
 };
+
+/// The key id in a signature line (its third word).
+std::string signing_key_id(const std::string& signature) {
+    std::istringstream words(signature);
+    std::string tag, algorithm, key;
+    words >> tag >> algorithm >> key;
+    return key;
+}
+
+/// The signature line to send with the package (empty: unsigned).
+std::string push_signature(const PackagePushOptions& options, const std::filesystem::path& file,
+                           const std::string& sha256, const std::string& command) {
+    if (!options.sign_key.empty() && !options.signature.empty()) {
+        throw UsageError("--signature and --sign-key exclude each other", command);
+    }
+    if (!options.sign_key.empty()) {
+        return package::sign_package(package::load_secret_key(options.sign_key), sha256);
+    }
+    std::filesystem::path signature_file = options.signature;
+    if (signature_file.empty() && !options.file.empty()) {
+        signature_file = package::signature_file_for(file);
+        if (!std::filesystem::exists(signature_file)) return {};
+    }
+    if (signature_file.empty()) return {};
+    std::ifstream stream(signature_file);
+    std::string line;
+    if (!stream || !std::getline(stream, line)) {
+        throw Error(signature_file.string() + ": cannot read the signature");
+    }
+    return line;
+}
 
 int package_push(const PackagePushOptions& options, std::ostream& out) {
     const std::string command = "fedcli package push";
@@ -89,11 +126,13 @@ int package_push(const PackagePushOptions& options, std::ostream& out) {
         // A package that does not unpack would only fail on every client: check it here.
         package::list(options.file);
     }
+    const std::string signature = push_signature(options, file, util::sha256_file(file), command);
     connection.status();  // a clear error before any upload when the combiner is away
     auto uploaded = proto::upload_file(connection.transfer(), v1::TRANSFER_KIND_PACKAGE, file);
     v1::SetPackageRequest request;
     request.set_sha256(uploaded.id);
     request.set_name(name);
+    request.set_signature(signature);
     auto ack = connection.call(&Stub::SetPackage, request, "setting the package");
     if (!ack.accepted()) {
         throw Error("the combiner at " + connection.target() + " refused package " +
@@ -103,6 +142,10 @@ int package_push(const PackagePushOptions& options, std::ostream& out) {
         << "size     " << human_bytes(uploaded.size) << " (" << group_digits(uploaded.size)
         << " bytes)\n"
         << "id       " << uploaded.id << '\n'
+        << "signed   "
+        << (signature.empty() ? std::string("no (clients need --package-sha256 to run it)")
+                              : "by key " + signing_key_id(signature))
+        << '\n'
         << "status   " << (uploaded.skipped ? "already stored on" : "uploaded to")
         << " the combiner at " << connection.target() << "; now its compute package\n";
     return k_exit_success;
@@ -113,6 +156,14 @@ Action setup_package_push(CLI::App& command, const Streams& streams) {
     command.add_option("file", options->file, "Package to upload (.tgz)")->type_name("FILE");
     command.add_option("--path,-p", options->path, "Pack this project folder and upload that")
         ->type_name("DIR");
+    command
+        .add_option("--signature,-s", options->signature,
+                    "Signature to send along (default: FILE.sig when it exists)")
+        ->type_name("FILE");
+    command
+        .add_option("--sign-key,-k", options->sign_key,
+                    "Sign the package now with this secret key (`fedcli package keygen`)")
+        ->type_name("FILE");
     add_combiner_option(command, options->combiner);
     std::ostream& out = streams.out;
     return [options, &out] { return package_push(*options, out); };

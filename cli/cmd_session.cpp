@@ -758,6 +758,7 @@ nlohmann::ordered_json status_json(const v1::StatusResponse& status,
     json["package"] = status.package_sha256();
     json["latest_model"] = status.latest_model_id();
     json["message"] = status.message();
+    json["insecure"] = status.insecure();
     json["session"] =
         status.has_session() ? session_json(status.session()) : nlohmann::ordered_json(nullptr);
     json["rounds"] = nlohmann::ordered_json::array();
@@ -858,6 +859,10 @@ int session_status(const SessionStatusOptions& options, std::ostream& out) {
     }
     const SessionView session = session_view(status);
     out << "combiner  " << connection.target() << " (fedcli " << status.combiner_version() << ")\n";
+    if (status.insecure()) {
+        out << "WARNING   the combiner runs without authentication (--insecure): anyone who "
+               "reaches it may act as operator or client\n";
+    }
     if (session.id.empty()) {
         out << "session   none yet\n";
     } else {

@@ -84,6 +84,14 @@ void register_history_commands(CLI::App& app, Dispatch& dispatch);
 void register_combiner_commands(CLI::App& app, Dispatch& dispatch);
 /// `fedcli client start` (cli/cmd_client.cpp).
 void register_client_commands(CLI::App& app, Dispatch& dispatch);
+/// `fedcli token create|list|revoke`: access tokens (cli/cmd_token.cpp).
+void register_token_commands(CLI::App& app, Dispatch& dispatch);
+/// `fedcli certs create`: TLS certificates (cli/cmd_certs.cpp).
+void register_certs_commands(CLI::App& app, Dispatch& dispatch);
+/// `fedcli package keygen|sign|verify`: signed packages (cli/cmd_sign.cpp).
+void register_signing_commands(CLI::App& app, Dispatch& dispatch);
+/// `fedcli local`: a whole federation on this machine (cli/cmd_local.cpp).
+void register_local_commands(CLI::App& app, Dispatch& dispatch);
 
 /// A failure made of several independent problems (e.g. everything `project validate`
 /// found wrong). what() joins them with "; "; run() prints each on its own error line.

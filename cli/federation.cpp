@@ -9,11 +9,14 @@
 #include <cctype>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <ctime>
+#include <fstream>
 
 #include "cli/commands.hpp"
 #include "cli/report.hpp"
 #include "cli/text.hpp"
+#include "combiner/combiner.hpp"
 #include "core/error.hpp"
 #include "core/proto/rpc.hpp"
 #include "core/util/ids.hpp"
@@ -89,10 +92,93 @@ std::string signal_name(int signal) {
 // ---------------------------------------------------------------------------------------
 // The connection
 
+namespace {
+
+std::string read_token_file(const std::filesystem::path& file, std::string_view what) {
+    std::ifstream in(file);
+    if (!in)
+        throw Error(file.string() + ": cannot read the access token (" + std::string(what) + ")");
+    std::string token;
+    std::getline(in, token);
+    while (!token.empty() && std::isspace(static_cast<unsigned char>(token.back()))) {
+        token.pop_back();
+    }
+    if (token.empty()) {
+        throw Error(file.string() + ": the access token file is empty (" + std::string(what) + ")");
+    }
+    return token;
+}
+
+std::string environment(const char* name) {
+    const char* value = std::getenv(name);
+    return value ? value : "";
+}
+
+}  // namespace
+
+void add_access_options(CLI::App& command, AccessOptions& options) {
+    command
+        .add_option("--token", options.token,
+                    "Access token (else --token-file, $FEDCLI_TOKEN, $FEDCLI_TOKEN_FILE)")
+        ->type_name("TOKEN");
+    command.add_option("--token-file", options.token_file, "Read the access token from FILE")
+        ->type_name("FILE");
+    command
+        .add_option("--ca", options.ca_file,
+                    "Talk TLS; FILE holds the CA certificate the combiner's certificate must "
+                    "chain to (else $FEDCLI_CA)")
+        ->type_name("FILE");
+    command
+        .add_option("--tls-cert", options.cert_file,
+                    "Client certificate (PEM) for a combiner that requires one (--client-ca)")
+        ->type_name("FILE");
+    command.add_option("--tls-key", options.key_file, "Private key (PEM) of --tls-cert")
+        ->type_name("FILE");
+    command.add_flag("--insecure", options.insecure,
+                     "Allow sending the token in clear text to a combiner that is not on this "
+                     "machine (only on a network you trust)");
+}
+
+proto::ChannelOptions channel_options(const AccessOptions& options, const std::string& target,
+                                      bool default_admin_token) {
+    proto::ChannelOptions channel;
+    channel.insecure = options.insecure;
+    channel.cert_file = options.cert_file;
+    channel.key_file = options.key_file;
+    channel.ca_file = options.ca_file;
+    if (channel.ca_file.empty()) channel.ca_file = environment(k_ca_env);
+    if (!options.token.empty()) {
+        channel.token = options.token;
+    } else if (!options.token_file.empty()) {
+        channel.token = read_token_file(options.token_file, "--token-file");
+    } else if (std::string token = environment(k_token_env); !token.empty()) {
+        channel.token = token;
+    } else if (std::string token_file = environment(k_token_file_env); !token_file.empty()) {
+        channel.token = read_token_file(token_file, k_token_file_env);
+    } else if (default_admin_token && proto::is_loopback_host(proto::target_host(target))) {
+        const std::filesystem::path file = combiner::admin_token_file(combiner::Options{}.data_dir);
+        std::error_code error;
+        if (std::filesystem::is_regular_file(file, error)) {
+            channel.token = read_token_file(file, "the local combiner's admin token");
+        }
+    }
+    return channel;
+}
+
+AccessOptions& operator_access() {
+    static AccessOptions options;
+    return options;
+}
+
 CombinerConnection::CombinerConnection(std::string target, std::chrono::milliseconds deadline)
+    : CombinerConnection(std::move(target), operator_access(), deadline) {}
+
+CombinerConnection::CombinerConnection(std::string target, const AccessOptions& access,
+                                       std::chrono::milliseconds deadline)
     : m_target(std::move(target)), m_deadline(deadline) {
     proto::check_target(m_target, "--combiner");
-    m_channel = proto::make_channel(m_target);
+    m_channel_options = channel_options(access, m_target, true);
+    m_channel = proto::make_channel(m_target, m_channel_options);
     m_control = v1::Control::NewStub(m_channel);
     m_transfer = v1::Transfer::NewStub(m_channel);
 }
@@ -104,8 +190,17 @@ v1::StatusResponse CombinerConnection::status() {
 void CombinerConnection::fail(const grpc::Status& status, std::string_view what) const {
     const auto code = status.error_code();
     if (code == grpc::StatusCode::UNAVAILABLE || code == grpc::StatusCode::DEADLINE_EXCEEDED) {
+        std::string hint = proto::transport_hint(m_target, m_channel_options, status);
         throw Error("cannot reach the combiner at " + m_target + ": " + status.error_message() +
-                    " (is `fedcli combiner start` running?)");
+                    (hint.empty() ? " (is `fedcli combiner start` running?)" : hint));
+    }
+    if (code == grpc::StatusCode::UNAUTHENTICATED) {
+        throw Error("combiner at " + m_target + ": " + std::string(what) +
+                    " failed: " + status.error_message() +
+                    (m_channel_options.token.empty()
+                         ? ""
+                         : " (check the token given by --token, --token-file, FEDCLI_TOKEN or "
+                           "FEDCLI_TOKEN_FILE)"));
     }
     if (code == grpc::StatusCode::UNIMPLEMENTED) {
         throw Error("combiner at " + m_target + ": " + std::string(what) +
@@ -237,6 +332,9 @@ void add_combiner_option(CLI::App& command, std::string& target) {
         ->type_name("HOST:PORT")
         ->envname(k_combiner_env)
         ->capture_default_str();
+    // The app is built afresh for every run, so values of an earlier run are dropped here.
+    operator_access() = AccessOptions{};
+    add_access_options(command, operator_access());
 }
 
 void add_listing_options(CLI::App& command, ListingOptions& options, const std::string& json_help) {

@@ -15,6 +15,7 @@
 #include <chrono>
 #include <csignal>
 #include <cstdint>
+#include <filesystem>
 #include <functional>
 #include <map>
 #include <memory>
@@ -69,15 +70,50 @@ class SignalWaiter {
 /// "SIGINT", "SIGTERM", else "signal N".
 std::string signal_name(int signal);
 
+/// Environment variables of the access options (docs/security.md).
+inline constexpr const char* k_token_env = "FEDCLI_TOKEN";
+inline constexpr const char* k_token_file_env = "FEDCLI_TOKEN_FILE";
+inline constexpr const char* k_ca_env = "FEDCLI_CA";
+
+/// How a command authenticates to a combiner: token and TLS flags.
+struct AccessOptions {
+    std::string token;                 ///< --token
+    std::filesystem::path token_file;  ///< --token-file
+    std::filesystem::path ca_file;     ///< --ca (else FEDCLI_CA)
+    std::filesystem::path cert_file;   ///< --tls-cert (mutual TLS)
+    std::filesystem::path key_file;    ///< --tls-key
+    bool insecure = false;             ///< --insecure: a token may cross plaintext
+};
+
+/// Adds --token, --token-file, --ca, --tls-cert, --tls-key and --insecure bound to
+/// `options`.
+void add_access_options(CLI::App& command, AccessOptions& options);
+
+/// The channel settings for `target`. The token is the first of: --token, --token-file,
+/// FEDCLI_TOKEN, FEDCLI_TOKEN_FILE, and — with `default_admin_token` and a loopback target —
+/// the default combiner data folder's admin.token (.fedcli/combiner/admin.token) when it
+/// exists. The CA is --ca, else FEDCLI_CA. Throws fedcli::Error when a token file cannot be
+/// read or is empty.
+proto::ChannelOptions channel_options(const AccessOptions& options, const std::string& target,
+                                      bool default_admin_token);
+
+/// The access options of the operator commands: add_combiner_option() binds its flags here
+/// (one command runs per process; registration resets it).
+AccessOptions& operator_access();
+
 /// A connection to a combiner for operator commands. Unary calls get a short deadline;
 /// a combiner that cannot be reached gives the same error everywhere:
 ///   cannot reach the combiner at HOST:PORT: <gRPC message> (is `fedcli combiner start`
 ///   running?)
 class CombinerConnection {
   public:
-    /// Checks `target` ("host:port") and opens a channel (connecting lazily).
+    /// Checks `target` ("host:port") and opens a channel (connecting lazily) with the token
+    /// and TLS settings of operator_access() (see channel_options()).
     explicit CombinerConnection(std::string target,
                                 std::chrono::milliseconds deadline = std::chrono::seconds(5));
+    /// The same with explicit access settings.
+    CombinerConnection(std::string target, const AccessOptions& access,
+                       std::chrono::milliseconds deadline = std::chrono::seconds(5));
 
     const std::string& target() const { return m_target; }
     fedcli::v1::Control::Stub& control() { return *m_control; }
@@ -108,6 +144,7 @@ class CombinerConnection {
   private:
     std::string m_target;
     std::chrono::milliseconds m_deadline;
+    proto::ChannelOptions m_channel_options;
     std::shared_ptr<grpc::Channel> m_channel;
     std::unique_ptr<fedcli::v1::Control::Stub> m_control;
     std::unique_ptr<fedcli::v1::Transfer::Stub> m_transfer;
@@ -149,7 +186,8 @@ void print_json_array(std::ostream& out, const Items& items, ToJson to_json) {
 /// "test_accuracy 0.9132, test_loss 0.31" for a metrics JSON object ("{}" when empty).
 std::string metrics_text(const std::string& metrics_json);
 
-/// Adds the `--combiner HOST:PORT` option every operator command has (env FEDCLI_COMBINER).
+/// Adds the `--combiner HOST:PORT` option every operator command has (env FEDCLI_COMBINER),
+/// and the access options (add_access_options) bound to operator_access().
 void add_combiner_option(CLI::App& command, std::string& target);
 
 /// The options of every listing command: `--combiner` and `--json`.

@@ -126,6 +126,7 @@ struct ReportRefused {};
 struct InstallJob {
     std::string sha256;
     std::uint64_t size = 0;
+    std::string signature;  ///< empty: unsigned
 };
 
 using Job = std::variant<InstallJob, v1::Task>;
@@ -155,7 +156,7 @@ class Client::Impl {
     void connection_loop();
     /// One stream: Hello, Welcome, then messages until it ends. Returns whether a Welcome
     /// arrived; `why` says how it ended.
-    bool connect_once(std::string& why);
+    bool connect_once(std::string& why, grpc::StatusCode& code);
     void heartbeat_loop(std::chrono::milliseconds interval);
     void handle(const v1::ServerMessage& message);
     /// Writes on the current stream; false (message dropped) when not connected.
@@ -177,6 +178,9 @@ class Client::Impl {
     // Worker ------------------------------------------------------------------------------
     void worker_loop();
     void install_package(const InstallJob& job);
+    /// Whether the package may run (Options::package_pins, trusted_keys,
+    /// trust_any_package): says why it is trusted, or throws fedcli::Error saying why not.
+    std::string check_trust(const InstallJob& job) const;
     void run_startup(const project::Project& project, const fs::path& marker);
     void run_task(const v1::Task& task);
     fs::path fetch_model(const v1::Task& task, std::stop_token stop);
@@ -280,7 +284,7 @@ void Client::Impl::run() {
     }
     if (stopping()) return;
 
-    m_channel = proto::make_channel(m_options.combiner);
+    m_channel = proto::make_channel(m_options.combiner, m_options.channel);
     m_federation = v1::Federation::NewStub(m_channel);
     m_transfer = v1::Transfer::NewStub(m_channel);
 
@@ -322,8 +326,14 @@ void Client::Impl::connection_loop() {
     while (!stopping()) {
         const auto started = Clock::now();
         std::string why;
-        const bool welcomed = connect_once(why);
+        grpc::StatusCode code = grpc::StatusCode::OK;
+        const bool welcomed = connect_once(why, code);
         if (stopping()) break;
+        // The combiner refused the token: retrying cannot help, the operator must act.
+        if (code == grpc::StatusCode::UNAUTHENTICATED ||
+            code == grpc::StatusCode::PERMISSION_DENIED) {
+            throw Error("the combiner at " + m_options.combiner + " refused this client: " + why);
+        }
         if (welcomed && Clock::now() - started >= k_stable_connection) {
             delay = m_options.backoff_initial;
         }
@@ -338,7 +348,7 @@ void Client::Impl::connection_loop() {
     }
 }
 
-bool Client::Impl::connect_once(std::string& why) {
+bool Client::Impl::connect_once(std::string& why, grpc::StatusCode& code) {
     grpc::ClientContext context;
     {
         std::lock_guard lock(m_mutex);
@@ -428,8 +438,18 @@ bool Client::Impl::connect_once(std::string& why) {
         std::lock_guard lock(m_mutex);
         m_stream_context = nullptr;
     }
+    code = status.error_code();
     if (why.empty()) {
-        why = status.ok() ? "the combiner closed the stream" : proto::status_text(status);
+        if (status.ok()) {
+            why = "the combiner closed the stream";
+        } else if (code == grpc::StatusCode::UNAUTHENTICATED ||
+                   code == grpc::StatusCode::PERMISSION_DENIED) {
+            why = status.error_message();
+        } else {
+            why = proto::status_text(status) +
+                  (welcomed ? std::string()
+                            : proto::transport_hint(m_options.combiner, m_options.channel, status));
+        }
     }
     return welcomed;
 }
@@ -555,7 +575,8 @@ void Client::Impl::handle(const v1::ServerMessage& message) {
         std::erase_if(m_jobs,
                       [](const Job& job) { return std::holds_alternative<InstallJob>(job); });
         if (lowercase(package.sha256()) == m_installed_package) return;
-        m_jobs.push_back(InstallJob{lowercase(package.sha256()), package.size()});
+        m_jobs.push_back(
+            InstallJob{lowercase(package.sha256()), package.size(), package.signature()});
         m_wake.notify_all();
     } else if (message.has_task()) {
         const v1::Task& task = message.task();
@@ -628,6 +649,8 @@ void Client::Impl::run_startup(const project::Project& project, const fs::path& 
     request.data_path = m_options.data_path;
     request.python = m_options.python;
     request.environment = m_options.environment;
+    request.timeout = m_options.entry_point_timeout;
+    request.limits = m_options.entry_point_limits;
     request.log_file = m_options.work_dir / "logs" / "startup.log";
     request.stop = m_stop.get_token();
     if (m_options.echo_output) {
@@ -639,6 +662,32 @@ void Client::Impl::run_startup(const project::Project& project, const fs::path& 
     if (!marker.empty()) write_atomically(marker, "");
     log("startup done in " + seconds_text(std::chrono::duration_cast<std::chrono::milliseconds>(
                                  Clock::now() - started)));
+}
+
+std::string Client::Impl::check_trust(const InstallJob& job) const {
+    const auto& pins = m_options.package_pins;
+    if (std::find(pins.begin(), pins.end(), job.sha256) != pins.end()) {
+        return "trusted: its sha256 is pinned (--package-sha256)";
+    }
+    if (!job.signature.empty() && !m_options.trusted_keys.empty()) {
+        try {
+            return "trusted: signed by key " +
+                   package::verify_package(job.signature, job.sha256, m_options.trusted_keys);
+        } catch (const Error& error) {
+            if (!m_options.trust_any_package) {
+                throw Error(std::string(error.what()) + "; refusing to run its code");
+            }
+        }
+    }
+    if (m_options.trust_any_package) {
+        return "NOT VERIFIED: running it because of --trust-any-package";
+    }
+    throw Error("package " + short_id(job.sha256) + " is " +
+                (job.signature.empty() ? std::string("unsigned")
+                                       : std::string("signed, but no --trust-key was given")) +
+                " and its sha256 is not pinned: refusing to run its code (pass --trust-key "
+                "PUBLIC_KEY, --package-sha256 " +
+                job.sha256 + ", or --trust-any-package)");
 }
 
 void Client::Impl::install_package(const InstallJob& job) {
@@ -656,6 +705,7 @@ void Client::Impl::install_package(const InstallJob& job) {
         if (!is_sha256(job.sha256)) throw Error("malformed package sha256 '" + job.sha256 + "'");
         log("package " + short_id(job.sha256) + " available (" + std::to_string(job.size) +
             " bytes)");
+        log("package " + short_id(job.sha256) + " " + check_trust(job));
         const fs::path archive = m_options.work_dir / "packages" / (job.sha256 + ".tgz");
         const fs::path folder = m_options.work_dir / "package" / job.sha256;
         std::error_code error;
@@ -670,7 +720,9 @@ void Client::Impl::install_package(const InstallJob& job) {
             }
             // extract() works in a temporary folder renamed into place: a crash never leaves
             // a half package under the final name.
-            package::extract(archive, folder);
+            package::ExtractOptions extract;
+            extract.limits = m_options.package_limits;
+            package::extract(archive, folder, extract);
         }
         project::Project project = project::load(folder);
         for (const std::string& problem : project::check_for_client(project)) {
@@ -765,6 +817,8 @@ dispatch::RunResult Client::Impl::run_entry(const v1::Task& task, const std::str
     request.data_path = m_options.data_path;
     request.python = m_options.python;
     request.environment = m_options.environment;
+    request.timeout = m_options.entry_point_timeout;
+    request.limits = m_options.entry_point_limits;
     request.log_file = m_options.work_dir / "logs" / (entry + ".log");
     request.stop = stop;
     {
@@ -818,6 +872,11 @@ v1::Ack Client::Impl::call_report(
         grpc::Status status = call(&context, &ack);
         if (status.ok()) return ack;
         last = proto::status_text(status);
+        // A refusal of the token does not go away by asking again.
+        if (status.error_code() == grpc::StatusCode::UNAUTHENTICATED ||
+            status.error_code() == grpc::StatusCode::PERMISSION_DENIED) {
+            break;
+        }
         if (std::chrono::system_clock::now() + delay >= give_up_at) break;
         log(what + " for task " + short_id(task.task_id()) + " did not go through (" + last +
             "); retrying in " + seconds_text(delay));

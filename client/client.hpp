@@ -7,7 +7,9 @@
 // points through core/dispatch: train (download the global model, run train, upload the
 // update with Transfer.Upload, ReportUpdate), validate (ReportValidation) and predict.
 // Failures are reported as TaskStatus FAILED with the exit code and the output's tail.
-// Connection loss is never fatal: the client reconnects forever with exponential backoff
+// The token and TLS settings are Options::channel. A combiner that refuses the token
+// (UNAUTHENTICATED, PERMISSION_DENIED) ends run() with an error: retrying cannot help.
+// Other connection loss is never fatal: the client reconnects forever with exponential backoff
 // and jitter, keeps its client id, and a task running meanwhile still reports its result.
 // Files stream to and from disk in chunks; nothing holds a whole model in memory.
 //
@@ -22,6 +24,11 @@
 #include <string>
 #include <utility>
 #include <vector>
+
+#include "core/dispatch/process.hpp"
+#include "core/package/package.hpp"
+#include "core/package/signature.hpp"
+#include "core/proto/rpc.hpp"
 
 namespace fedcli::client {
 
@@ -44,10 +51,24 @@ struct Options {
     std::chrono::milliseconds backoff_max{30000};
     /// Extra environment for entry points (e.g. FEDCLI_CLIENT_INDEX for `fedcli local`).
     std::vector<std::pair<std::string, std::string>> environment;
+    /// Wall-clock limit for each entry-point run; unset: none.
+    std::optional<std::chrono::milliseconds> entry_point_timeout;
+    /// Memory, CPU-time and open-file limits for entry points (core/dispatch/process.hpp).
+    dispatch::ResourceLimits entry_point_limits;
+    /// Limits for the packages the client unpacks (core/package/package.hpp).
+    package::Limits package_limits;
+    /// Which packages the client runs (docs/security.md, Trusted packages): one whose
+    /// sha256 is pinned here, or one signed by a trusted key. With `trust_any_package`,
+    /// any package runs (a warning is logged); otherwise any other package is refused.
+    std::vector<std::string> package_pins;
+    std::vector<package::PublicKey> trusted_keys;
+    bool trust_any_package = false;
     /// Event lines (connected, package installed, task started/finished, ...). Null: none.
     std::ostream* log = nullptr;
     /// Entry points' output lines are forwarded to `log` too when true.
     bool echo_output = false;
+    /// Access token and TLS settings of the channel (docs/security.md).
+    proto::ChannelOptions channel;
 };
 
 class Client {

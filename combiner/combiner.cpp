@@ -7,6 +7,8 @@
 
 #include <cerrno>
 #include <cstring>
+#include <fstream>
+#include <iterator>
 
 #include "combiner/internal.hpp"
 #include "core/error.hpp"
@@ -23,15 +25,30 @@ class FederationService final : public v1::Federation::Service {
   public:
     explicit FederationService(CombinerCore& impl) : m_impl(impl) {}
     grpc::Status Connect(grpc::ServerContext* context, Connection::Stream* stream) override {
-        return m_impl.connect(context, stream);
+        Caller caller;
+        grpc::Status status = m_impl.authorize(context, v1::TOKEN_ROLE_CLIENT, caller);
+        if (!status.ok()) return status;
+        return m_impl.connect(context, stream, caller);
     }
-    grpc::Status ReportUpdate(grpc::ServerContext*, const v1::UpdateReport* report,
+    grpc::Status ReportUpdate(grpc::ServerContext* context, const v1::UpdateReport* report,
                               v1::Ack* ack) override {
+        Caller caller;
+        grpc::Status status = m_impl.authorize(context, v1::TOKEN_ROLE_CLIENT, caller);
+        if (status.ok()) {
+            status = m_impl.check_acting_client(caller, report->client_id(), "ReportUpdate");
+        }
+        if (!status.ok()) return status;
         *ack = m_impl.report_update(*report);
         return grpc::Status::OK;
     }
-    grpc::Status ReportValidation(grpc::ServerContext*, const v1::ValidationReport* report,
+    grpc::Status ReportValidation(grpc::ServerContext* context, const v1::ValidationReport* report,
                                   v1::Ack* ack) override {
+        Caller caller;
+        grpc::Status status = m_impl.authorize(context, v1::TOKEN_ROLE_CLIENT, caller);
+        if (status.ok()) {
+            status = m_impl.check_acting_client(caller, report->client_id(), "ReportValidation");
+        }
+        if (!status.ok()) return status;
         *ack = m_impl.report_validation(*report);
         return grpc::Status::OK;
     }
@@ -45,14 +62,23 @@ class TransferService final : public v1::Transfer::Service {
     explicit TransferService(CombinerCore& impl) : m_impl(impl) {}
     grpc::Status Upload(grpc::ServerContext* context, grpc::ServerReader<v1::UploadChunk>* reader,
                         v1::UploadResult* result) override {
-        return m_impl.upload(context, reader, result);
+        Caller caller;
+        grpc::Status status = m_impl.authorize(context, v1::TOKEN_ROLE_CLIENT, caller);
+        if (!status.ok()) return status;
+        return m_impl.upload(context, reader, result, caller);
     }
     grpc::Status Download(grpc::ServerContext* context, const v1::DownloadRequest* request,
                           grpc::ServerWriter<v1::DownloadChunk>* writer) override {
+        Caller caller;
+        grpc::Status status = m_impl.authorize(context, v1::TOKEN_ROLE_CLIENT, caller);
+        if (!status.ok()) return status;
         return m_impl.download(context, *request, writer);
     }
-    grpc::Status QueryUpload(grpc::ServerContext*, const v1::UploadQuery* query,
+    grpc::Status QueryUpload(grpc::ServerContext* context, const v1::UploadQuery* query,
                              v1::UploadState* state) override {
+        Caller caller;
+        grpc::Status status = m_impl.authorize(context, v1::TOKEN_ROLE_CLIENT, caller);
+        if (!status.ok()) return status;
         return m_impl.query_upload(*query, state);
     }
 
@@ -60,66 +86,152 @@ class TransferService final : public v1::Transfer::Service {
     CombinerCore& m_impl;
 };
 
+/// Runs `body(caller)` when the call carries an admin token (or the combiner is insecure).
+template <class Body>
+grpc::Status as_admin(CombinerCore& core, grpc::ServerContext* context, Body&& body) {
+    Caller caller;
+    grpc::Status status = core.authorize(context, v1::TOKEN_ROLE_ADMIN, caller);
+    if (!status.ok()) return status;
+    return body(caller);
+}
+
+/// Every Control call needs an admin token.
 class ControlService final : public v1::Control::Service {
   public:
     explicit ControlService(CombinerCore& impl) : m_impl(impl) {}
-    grpc::Status SetPackage(grpc::ServerContext*, const v1::SetPackageRequest* request,
+    grpc::Status SetPackage(grpc::ServerContext* context, const v1::SetPackageRequest* request,
                             v1::Ack* ack) override {
-        *ack = m_impl.set_package(*request);
-        return grpc::Status::OK;
+        return as_admin(m_impl, context, [&](const Caller&) {
+            *ack = m_impl.set_package(*request);
+            return grpc::Status::OK;
+        });
     }
-    grpc::Status SetSeedModel(grpc::ServerContext*, const v1::SetSeedModelRequest* request,
+    grpc::Status SetSeedModel(grpc::ServerContext* context, const v1::SetSeedModelRequest* request,
                               v1::Ack* ack) override {
-        *ack = m_impl.set_seed_model(*request);
-        return grpc::Status::OK;
+        return as_admin(m_impl, context, [&](const Caller&) {
+            *ack = m_impl.set_seed_model(*request);
+            return grpc::Status::OK;
+        });
     }
-    grpc::Status StartSession(grpc::ServerContext*, const v1::StartSessionRequest* request,
+    grpc::Status StartSession(grpc::ServerContext* context, const v1::StartSessionRequest* request,
                               v1::StartSessionResponse* response) override {
-        *response = m_impl.start_session(*request);
-        return grpc::Status::OK;
+        return as_admin(m_impl, context, [&](const Caller&) {
+            *response = m_impl.start_session(*request);
+            return grpc::Status::OK;
+        });
     }
-    grpc::Status StopSession(grpc::ServerContext*, const v1::StopSessionRequest* request,
+    grpc::Status StopSession(grpc::ServerContext* context, const v1::StopSessionRequest* request,
                              v1::Ack* ack) override {
-        *ack = m_impl.stop_session(*request);
-        return grpc::Status::OK;
+        return as_admin(m_impl, context, [&](const Caller&) {
+            *ack = m_impl.stop_session(*request);
+            return grpc::Status::OK;
+        });
     }
-    grpc::Status GetStatus(grpc::ServerContext*, const v1::GetStatusRequest*,
+    grpc::Status GetStatus(grpc::ServerContext* context, const v1::GetStatusRequest*,
                            v1::StatusResponse* response) override {
-        *response = m_impl.status();
-        return grpc::Status::OK;
+        return as_admin(m_impl, context, [&](const Caller&) {
+            *response = m_impl.status();
+            return grpc::Status::OK;
+        });
     }
-    grpc::Status ListClients(grpc::ServerContext*, const v1::ListClientsRequest*,
+    grpc::Status ListClients(grpc::ServerContext* context, const v1::ListClientsRequest*,
                              v1::ListClientsResponse* response) override {
-        *response = m_impl.list_clients();
-        return grpc::Status::OK;
+        return as_admin(m_impl, context, [&](const Caller&) {
+            *response = m_impl.list_clients();
+            return grpc::Status::OK;
+        });
     }
-    grpc::Status ListRounds(grpc::ServerContext*, const v1::ListRoundsRequest* request,
+    grpc::Status ListRounds(grpc::ServerContext* context, const v1::ListRoundsRequest* request,
                             v1::ListRoundsResponse* response) override {
-        return m_impl.list_rounds(*request, response);
+        return as_admin(m_impl, context,
+                        [&](const Caller&) { return m_impl.list_rounds(*request, response); });
     }
-    grpc::Status ListModels(grpc::ServerContext*, const v1::ListModelsRequest*,
+    grpc::Status ListModels(grpc::ServerContext* context, const v1::ListModelsRequest*,
                             v1::ListModelsResponse* response) override {
-        *response = m_impl.list_models();
-        return grpc::Status::OK;
+        return as_admin(m_impl, context, [&](const Caller&) {
+            *response = m_impl.list_models();
+            return grpc::Status::OK;
+        });
     }
-    grpc::Status ResumeSession(grpc::ServerContext*, const v1::ResumeSessionRequest* request,
+    grpc::Status ResumeSession(grpc::ServerContext* context,
+                               const v1::ResumeSessionRequest* request,
                                v1::StartSessionResponse* response) override {
-        *response = m_impl.resume_session(*request);
-        return grpc::Status::OK;
+        return as_admin(m_impl, context, [&](const Caller&) {
+            *response = m_impl.resume_session(*request);
+            return grpc::Status::OK;
+        });
     }
-    grpc::Status ListSessions(grpc::ServerContext*, const v1::ListSessionsRequest*,
+    grpc::Status ListSessions(grpc::ServerContext* context, const v1::ListSessionsRequest*,
                               v1::ListSessionsResponse* response) override {
-        *response = m_impl.list_sessions();
-        return grpc::Status::OK;
+        return as_admin(m_impl, context, [&](const Caller&) {
+            *response = m_impl.list_sessions();
+            return grpc::Status::OK;
+        });
     }
     grpc::Status GetLogs(grpc::ServerContext* context, const v1::GetLogsRequest* request,
                          grpc::ServerWriter<v1::LogBatch>* writer) override {
-        return m_impl.get_logs(context, *request, writer);
+        return as_admin(m_impl, context,
+                        [&](const Caller&) { return m_impl.get_logs(context, *request, writer); });
+    }
+    grpc::Status CreateToken(grpc::ServerContext* context, const v1::CreateTokenRequest* request,
+                             v1::CreateTokenResponse* response) override {
+        return as_admin(m_impl, context, [&](const Caller& caller) {
+            grpc::Status status;
+            *response = m_impl.create_token(*request, caller, status);
+            return status;
+        });
+    }
+    grpc::Status ListTokens(grpc::ServerContext* context, const v1::ListTokensRequest*,
+                            v1::ListTokensResponse* response) override {
+        return as_admin(m_impl, context, [&](const Caller&) {
+            *response = m_impl.list_tokens();
+            return grpc::Status::OK;
+        });
+    }
+    grpc::Status RevokeToken(grpc::ServerContext* context, const v1::RevokeTokenRequest* request,
+                             v1::RevokeTokenResponse* response) override {
+        return as_admin(m_impl, context, [&](const Caller& caller) {
+            return m_impl.revoke_token(*request, caller, response);
+        });
     }
 
   private:
     CombinerCore& m_impl;
 };
+
+/// A PEM file's contents for the TLS options; throws fedcli::Error naming the flag.
+std::string read_pem(const std::filesystem::path& file, std::string_view flag) {
+    std::ifstream in(file, std::ios::binary);
+    if (!in) throw Error(file.string() + ": cannot read (" + std::string(flag) + ")");
+    std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    if (text.find("-----BEGIN ") == std::string::npos) {
+        throw Error(file.string() + ": not a PEM file (" + std::string(flag) + ")");
+    }
+    return text;
+}
+
+/// The server's credentials: TLS (with required client certificates when a client CA is
+/// given) or plaintext.
+std::shared_ptr<grpc::ServerCredentials> server_credentials(const Options& options) {
+    const bool tls = !options.tls_cert_file.empty() || !options.tls_key_file.empty();
+    if (!tls) {
+        if (!options.client_ca_file.empty()) {
+            throw Error("--client-ca needs TLS: give --tls-cert and --tls-key too");
+        }
+        return grpc::InsecureServerCredentials();
+    }
+    if (options.tls_cert_file.empty() || options.tls_key_file.empty()) {
+        throw Error("TLS needs both --tls-cert and --tls-key");
+    }
+    grpc::SslServerCredentialsOptions ssl;
+    ssl.pem_key_cert_pairs.push_back({read_pem(options.tls_key_file, "--tls-key"),
+                                      read_pem(options.tls_cert_file, "--tls-cert")});
+    if (!options.client_ca_file.empty()) {
+        ssl.pem_root_certs = read_pem(options.client_ca_file, "--client-ca");
+        ssl.client_certificate_request = GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY;
+    }
+    return grpc::SslServerCredentials(ssl);
+}
 
 std::string listen_address(const std::string& host, int port) {
     bool ipv6 = host.find(':') != std::string::npos && host.front() != '[';
@@ -155,7 +267,12 @@ std::string bind_problem(const std::string& host, int port) {
 }  // namespace
 
 CombinerCore::CombinerCore(Options options)
-    : m_options(std::move(options)), m_log(m_options.log), m_store(m_options.data_dir) {
+    : m_options(std::move(options)),
+      m_log(m_options.log),
+      m_store(m_options.data_dir),
+      m_tokens([this](const v1::TokenInfo& info, const std::string& hash) {
+          m_db->save_token(info, hash);
+      }) {
     if (m_options.heartbeat_interval <= std::chrono::milliseconds::zero()) {
         throw Error("combiner: heartbeat interval must be positive");
     }
@@ -184,13 +301,15 @@ void CombinerCore::start() {
         std::lock_guard lock(m_mutex);
         load_state();
     }
+    const std::shared_ptr<grpc::ServerCredentials> credentials = server_credentials(m_options);
+    bootstrap_admin_token();
     m_services.push_back(std::make_unique<FederationService>(*this));
     m_services.push_back(std::make_unique<TransferService>(*this));
     m_services.push_back(std::make_unique<ControlService>(*this));
 
     const std::string address = listen_address(m_options.host, m_options.port);
     grpc::ServerBuilder builder;
-    builder.AddListeningPort(address, grpc::InsecureServerCredentials(), &m_port);
+    builder.AddListeningPort(address, credentials, &m_port);
     builder.SetMaxReceiveMessageSize(k_max_message_bytes);
     builder.SetMaxSendMessageSize(k_max_message_bytes);
     // Clients ping to notice dead connections; allow it (also while no call is active)
@@ -214,8 +333,21 @@ void CombinerCore::start() {
     }
     m_started = true;
     m_watchdog = std::thread([this] { watchdog_loop(); });
+    const bool tls = !m_options.tls_cert_file.empty();
     log("combiner " + std::string(FEDCLI_VERSION) + " listening on " +
-        listen_address(m_options.host, m_port) + ", data in " + m_options.data_dir.string());
+        listen_address(m_options.host, m_port) + ", data in " + m_options.data_dir.string() +
+        (tls ? (m_options.client_ca_file.empty() ? ", TLS" : ", TLS with client certificates")
+             : ", plaintext") +
+        (m_options.insecure ? ", NO AUTHENTICATION" : ", tokens required"));
+    if (m_options.insecure) {
+        log("WARNING: running without authentication (--insecure): anyone who can reach " +
+            listen_address(m_options.host, m_port) +
+            " can act as operator or client, push packages that clients run, and read models");
+    }
+    if (!tls && !m_options.insecure && !proto::is_loopback_host(m_options.host)) {
+        log("warning: no TLS: access tokens and models cross the network in clear text; "
+            "use --tls-cert and --tls-key off a trusted network");
+    }
 }
 
 void CombinerCore::wait() {

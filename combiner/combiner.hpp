@@ -9,6 +9,10 @@
 // client answered or the round timeout passed, commit the new global model (with its
 // parent and round) and optionally collect validations.
 //
+// Access: every call needs an access token (`authorization: Bearer ...` metadata) unless
+// Options::insecure; Control needs an admin token; a client token acts as one client id
+// (combiner/auth.hpp). TLS and mutual TLS are optional (Options::tls_*).
+//
 // Logging: one line per event that matters goes to `Options::log` (client joined/left,
 // round started/closed with counts and time, update rejected and why, ...).
 //
@@ -36,7 +40,21 @@ struct Options {
     int missed_heartbeats = 3;
     /// Event lines (one per line, flushed). Null: no log.
     std::ostream* log = nullptr;
+    /// Unauthenticated mode: every caller may do everything (a warning is logged and shown
+    /// by GetStatus). By default every call needs an access token (docs/security.md); on
+    /// the first start without a usable admin token one is made and written to
+    /// `data_dir/admin.token` (mode 0600).
+    bool insecure = false;
+    /// TLS: the server's certificate (chain) and private key, PEM files. Both or neither;
+    /// neither: plaintext.
+    std::filesystem::path tls_cert_file;
+    std::filesystem::path tls_key_file;
+    /// Mutual TLS: require client certificates signed by this CA (PEM). Needs TLS.
+    std::filesystem::path client_ca_file;
 };
+
+/// The file a combiner writes its bootstrap admin token to: data_dir/admin.token.
+std::filesystem::path admin_token_file(const std::filesystem::path& data_dir);
 
 class Combiner {
   public:

@@ -72,6 +72,14 @@ v1::Ack CombinerCore::set_package(const v1::SetPackageRequest& request) {
         return refuse("package " + short_id(sha256) +
                       " was not uploaded (Transfer.Upload, kind PACKAGE, first)");
     }
+    // The combiner holds no keys: it only keeps the signature for the clients, who check it.
+    if (!request.signature().empty() &&
+        (request.signature().size() > 512 ||
+         request.signature().rfind("fedcli-signature-v1 ", 0) != 0 ||
+         request.signature().find('\n') != std::string::npos)) {
+        return refuse("package " + short_id(sha256) +
+                      ": the signature is not a line `fedcli package sign` writes");
+    }
     std::error_code ignored;
     auto size =
         std::filesystem::file_size(m_store.path(v1::TRANSFER_KIND_PACKAGE, sha256), ignored);
@@ -82,6 +90,8 @@ v1::Ack CombinerCore::set_package(const v1::SetPackageRequest& request) {
     m_db->save_setting("package_sha256", sha256);
     m_db->save_setting("package_name", request.name());
     m_db->save_setting("package_size", std::to_string(size));
+    m_state.package_signature = request.signature();
+    m_db->save_setting("package_signature", request.signature());
     std::size_t announced = 0;
     for (auto& [id, client] : m_state.clients) {
         if (!client.info.online() || !client.connection || client.has_capability("local-package"))
@@ -364,6 +374,8 @@ v1::StatusResponse CombinerCore::status() {
     v1::StatusResponse response;
     response.set_combiner_version(FEDCLI_VERSION);
     response.set_session_state(v1::SESSION_STATE_IDLE);
+    response.set_insecure(m_options.insecure);
+    response.set_tls(!m_options.tls_cert_file.empty());
     if (!m_state.sessions.empty()) {
         const SessionRecord& session = m_state.sessions.back();
         response.set_session_id(session.id);

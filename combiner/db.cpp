@@ -325,6 +325,20 @@ CREATE TABLE logs (
 CREATE INDEX logs_by_client ON logs (client_id, sequence);
 CREATE INDEX logs_by_round ON logs (round_id);
 )sql",
+    // Version 2: access tokens. Only the SHA-256 of a token's secret is kept.
+    R"sql(
+CREATE TABLE tokens (
+    token_id TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    role INTEGER NOT NULL,        -- fedcli.v1.TokenRole: 1 client, 2 admin
+    secret_sha256 TEXT NOT NULL,  -- lowercase hex
+    created_ms INTEGER NOT NULL,
+    expires_ms INTEGER NOT NULL,  -- 0: never
+    revoked_ms INTEGER NOT NULL,  -- 0: not revoked
+    client_id TEXT NOT NULL,      -- client tokens: the id bound at first connect
+    last_used_ms INTEGER NOT NULL
+);
+)sql",
 };
 
 /// "INSERT INTO table (key, a, b) VALUES (?, ?, ?) ON CONFLICT (key) DO UPDATE SET
@@ -402,10 +416,14 @@ struct LogsWrite {
     std::vector<v1::LogEntry> entries;
 };
 struct FullDiskWrite {};
+struct TokenWrite {
+    v1::TokenInfo info;
+    std::string secret_hash;
+};
 
-using Write =
-    std::variant<v1::ClientInfo, v1::SessionInfo, v1::RoundInfo, UpdateWrite, RejectedWrite,
-                 ValidationWrite, v1::ModelInfo, SettingWrite, LogsWrite, FullDiskWrite>;
+using Write = std::variant<v1::ClientInfo, v1::SessionInfo, v1::RoundInfo, UpdateWrite,
+                           RejectedWrite, ValidationWrite, v1::ModelInfo, SettingWrite, LogsWrite,
+                           FullDiskWrite, TokenWrite>;
 
 template <typename... Handlers>
 struct Overloaded : Handlers... {
@@ -441,6 +459,7 @@ std::string describe(const Write& queued) {
                        std::to_string(write.entries.back().sequence()) + ")";
             },
             [](const FullDiskWrite&) { return std::string("limiting the file size"); },
+            [](const TokenWrite& write) { return "saving token '" + write.info.token_id() + "'"; },
         },
         queued);
 }
@@ -495,6 +514,7 @@ struct Database::Impl {
     void apply(const SettingWrite& write);
     void apply(const LogsWrite& write);
     void apply(const FullDiskWrite& write);
+    void apply(const TokenWrite& write);
 
     StoredState load();
     std::vector<v1::LogEntry> logs(const LogQuery& query);
@@ -514,6 +534,7 @@ struct Database::Impl {
     Statement upsert_model;
     Statement upsert_setting;
     Statement upsert_log;
+    Statement upsert_token;
 
     // Reads, on their own connection so they never wait for a batch being written.
     std::mutex reader_mutex;
@@ -570,6 +591,10 @@ Database::Impl::Impl(const fs::path& file_path)
             writer,
             upsert_sql("logs", {"sequence", "unix_ms", "client_id", "client_name", "task_id",
                                 "round_id", "session_id", "kind", "stream", "line"}));
+        upsert_token = Statement(
+            writer,
+            upsert_sql("tokens", {"token_id", "name", "role", "secret_sha256", "created_ms",
+                                  "expires_ms", "revoked_ms", "client_id", "last_used_ms"}));
     } catch (const Error& error) {
         throw error.with_context(label + ": preparing statements");
     }
@@ -805,6 +830,21 @@ void Database::Impl::apply(const LogsWrite& write) {
     }
 }
 
+void Database::Impl::apply(const TokenWrite& write) {
+    const v1::TokenInfo& info = write.info;
+    Execution(upsert_token)
+        .bind(info.token_id())
+        .bind(info.name())
+        .bind(info.role())
+        .bind(write.secret_hash)
+        .bind(info.created_unix_ms())
+        .bind(info.expires_unix_ms())
+        .bind(info.revoked_unix_ms())
+        .bind(info.client_id())
+        .bind(info.last_used_unix_ms())
+        .run();
+}
+
 void Database::Impl::apply(const FullDiskWrite&) {
     // SQLite raises the maximum to the current size, so the file cannot grow any more.
     writer.exec("PRAGMA max_page_count = 1");
@@ -941,6 +981,21 @@ StoredState Database::Impl::load() {
         query("SELECT max(sequence) FROM logs", [&](const Execution& row) {
             state.last_log_sequence = row.unsigned_integer(0);  // NULL (no logs) reads as 0
         });
+        query(
+            "SELECT token_id, name, role, secret_sha256, created_ms, expires_ms, revoked_ms, "
+            "client_id, last_used_ms FROM tokens ORDER BY rowid",
+            [&](const Execution& row) {
+                StoredToken& token = state.tokens.emplace_back();
+                token.info.set_token_id(row.text(0));
+                token.info.set_name(row.text(1));
+                token.info.set_role(static_cast<v1::TokenRole>(row.integer(2)));
+                token.secret_hash = row.text(3);
+                token.info.set_created_unix_ms(row.integer(4));
+                token.info.set_expires_unix_ms(row.integer(5));
+                token.info.set_revoked_unix_ms(row.integer(6));
+                token.info.set_client_id(row.text(7));
+                token.info.set_last_used_unix_ms(row.integer(8));
+            });
         transaction.commit();
     } catch (const Error& error) {
         throw error.with_context(label + ": loading");
@@ -1040,6 +1095,10 @@ void Database::save_model(const v1::ModelInfo& model) {
 
 void Database::save_setting(const std::string& key, const std::string& value) {
     m_impl->enqueue(SettingWrite{key, value});
+}
+
+void Database::save_token(const v1::TokenInfo& info, const std::string& secret_hash) {
+    m_impl->enqueue(TokenWrite{info, secret_hash});
 }
 
 void Database::append_logs(std::vector<v1::LogEntry> entries) {

@@ -30,6 +30,12 @@ namespace fedcli::combiner {
 
 namespace v1 = fedcli::v1;
 
+/// An access token as stored: its record and the SHA-256 (hex) of its secret.
+struct StoredToken {
+    v1::TokenInfo info;
+    std::string secret_hash;
+};
+
 /// Everything load() gives back.
 struct StoredState {
     /// All fields as saved except `online`, which is not stored (always false here).
@@ -41,6 +47,7 @@ struct StoredState {
     std::vector<v1::ModelInfo> models;            ///< oldest first (order of first save)
     std::map<std::string, std::string> settings;  ///< save_setting key/values
     std::uint64_t last_log_sequence = 0;          ///< highest LogEntry.sequence stored (0 = none)
+    std::vector<StoredToken> tokens;              ///< oldest first (order of first save)
 };
 
 /// Which log entries Database::logs() returns.
@@ -55,7 +62,7 @@ struct LogQuery {
 
 class Database {
   public:
-    static constexpr int k_schema_version = 1;
+    static constexpr int k_schema_version = 2;
     /// PRAGMA application_id of fedcli state databases ("FEDC"), so that another program's
     /// SQLite file is refused instead of migrated.
     static constexpr std::int32_t k_application_id = 0x46454443;
@@ -94,6 +101,8 @@ class Database {
                          const v1::ClientMetrics& metrics);
     void save_model(const v1::ModelInfo& model);  ///< upsert by model_id
     void save_setting(const std::string& key, const std::string& value);
+    /// Upserts by token_id (schema version 2).
+    void save_token(const v1::TokenInfo& info, const std::string& secret_hash);
     /// Sequences are set by the caller and increase; an entry with a stored sequence
     /// replaces it.
     void append_logs(std::vector<v1::LogEntry> entries);

@@ -3,6 +3,7 @@
 
 #include "combiner/internal.hpp"
 #include "core/error.hpp"
+#include "core/util/limits.hpp"
 
 namespace fedcli::combiner {
 
@@ -63,10 +64,12 @@ void CombinerCore::send_package_available(ClientRecord& client) {
     v1::ServerMessage message;
     message.mutable_package_available()->set_sha256(m_state.package_sha256);
     message.mutable_package_available()->set_size(m_state.package_size);
+    message.mutable_package_available()->set_signature(m_state.package_signature);
     client.connection->send(std::move(message));
 }
 
-grpc::Status CombinerCore::connect(grpc::ServerContext* context, Connection::Stream* stream) {
+grpc::Status CombinerCore::connect(grpc::ServerContext* context, Connection::Stream* stream,
+                                   const Caller& caller) {
     v1::ClientMessage message;
     if (!stream->Read(&message)) {
         return {grpc::StatusCode::CANCELLED, "connect: the stream ended before Hello"};
@@ -80,8 +83,14 @@ grpc::Status CombinerCore::connect(grpc::ServerContext* context, Connection::Str
                 "connect: protocol version " + std::to_string(hello.protocol_version()) +
                     " is not supported; this combiner speaks fedcli.v1 (protocol version 1)"};
     }
-    std::string client_id =
-        well_formed_client_id(hello.client_id()) ? hello.client_id() : random_hex(16);
+    std::string client_id;
+    const grpc::Status bound = m_tokens.bind_client(
+        caller, well_formed_client_id(hello.client_id()) ? hello.client_id() : std::string(),
+        random_hex(16), client_id);
+    if (!bound.ok()) {
+        log("connection of client '" + hello.name() + "' refused: " + bound.error_message());
+        return bound;
+    }
 
     auto connection = std::make_shared<Connection>(context, stream);
     {
@@ -94,6 +103,7 @@ grpc::Status CombinerCore::connect(grpc::ServerContext* context, Connection::Str
         std::shared_ptr<Connection> older = std::move(client.connection);
         bool was_online = client.info.online();
         client.connection = connection;
+        client.token_id = caller.token_id;
         client.info.set_client_id(client_id);
         client.info.set_name(hello.name());
         client.info.set_version(hello.version());
@@ -343,6 +353,9 @@ v1::Ack CombinerCore::report_update(const v1::UpdateReport& report) {
     info.client = client_name;
     if (!report.metadata_json().empty()) {
         try {
+            // A runaway metadata file must not reach the parser, the database or the logs.
+            util::check_json_size(report.metadata_json(), util::k_default_max_json_bytes,
+                                  "metadata");
             info.metadata = nlohmann::json::parse(report.metadata_json());
             if (!info.metadata.is_object()) {
                 info.metadata_error = "metadata is not a JSON object";
@@ -350,6 +363,8 @@ v1::Ack CombinerCore::report_update(const v1::UpdateReport& report) {
             }
         } catch (const nlohmann::json::exception& error) {
             info.metadata_error = std::string("metadata is not valid JSON: ") + error.what();
+        } catch (const Error& error) {
+            info.metadata_error = error.what();
         }
     }
     std::optional<aggregate::Rejection> rejection =
@@ -417,6 +432,11 @@ v1::Ack CombinerCore::report_validation(const v1::ValidationReport& report) {
     }
     std::string metrics = report.metrics_json().empty() ? "{}" : report.metrics_json();
     try {
+        util::check_json_size(metrics, util::k_default_max_json_bytes, "validation metrics");
+    } catch (const Error& error) {
+        return make_ack(false, v1::ACK_CODE_INVALID, error.what());
+    }
+    try {
         if (!nlohmann::json::parse(metrics).is_object()) throw Error("not a JSON object");
     } catch (const std::exception& error) {
         return make_ack(false, v1::ACK_CODE_INVALID,
@@ -453,6 +473,8 @@ void CombinerCore::watchdog_loop() {
         if (m_stopping) break;
         bool changed = false;
         const auto now = Clock::now();
+        // A token that expired while its stream was open closes the stream.
+        close_streams_of_unusable_tokens();
         for (auto& [id, client] : m_state.clients) {
             if (client.info.online() && now - client.last_message > limit) {
                 client.info.set_online(false);

@@ -40,6 +40,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "combiner/auth.hpp"
 #include "combiner/combiner.hpp"
 #include "combiner/db.hpp"
 #include "core/aggregate/aggregator.hpp"
@@ -159,6 +160,7 @@ struct ClientRecord {
     std::vector<std::string> capabilities;
     Clock::time_point last_message{};
     std::shared_ptr<Connection> connection;  ///< the current stream; null when none
+    std::string token_id;  ///< the access token of the current stream ("" in insecure mode)
 
     bool has_capability(std::string_view name) const;
     /// "client 'c1' (id 3fa2b1c0)"
@@ -206,6 +208,7 @@ struct State {
     std::vector<v1::ModelInfo> models;            ///< seeds and global models, oldest first
     std::string seed_model_id;
     std::string package_sha256;
+    std::string package_signature;  ///< `fedcli package sign` line; empty: unsigned
     std::string package_name;
     std::uint64_t package_size = 0;
     std::vector<SessionRecord> sessions;  ///< oldest first
@@ -253,8 +256,25 @@ class CombinerCore {
     void wait();
     void shutdown();
 
+    /// Authenticates the call (access.cpp): OK with `caller` set when its token may make calls
+    /// needing `needed` (admin tokens may do everything); UNAUTHENTICATED (no, malformed,
+    /// unknown, expired or revoked token) or PERMISSION_DENIED otherwise. Everyone passes in
+    /// insecure mode.
+    grpc::Status authorize(const grpc::ServerContext* context, v1::TokenRole needed,
+                           Caller& caller);
+    /// PERMISSION_DENIED when a client token reports or uploads for another client than its
+    /// own; OK for admin tokens and in insecure mode.
+    grpc::Status check_acting_client(const Caller& caller, const std::string& client_id,
+                                     std::string_view what) const;
+    v1::CreateTokenResponse create_token(const v1::CreateTokenRequest& request,
+                                         const Caller& caller, grpc::Status& status);
+    v1::ListTokensResponse list_tokens();
+    grpc::Status revoke_token(const v1::RevokeTokenRequest& request, const Caller& caller,
+                              v1::RevokeTokenResponse* response);
+
     // Federation (federation.cpp)
-    grpc::Status connect(grpc::ServerContext* context, Connection::Stream* stream);
+    grpc::Status connect(grpc::ServerContext* context, Connection::Stream* stream,
+                         const Caller& caller);
     v1::Ack report_update(const v1::UpdateReport& report);
     v1::Ack report_validation(const v1::ValidationReport& report);
     /// The task a report names, after the checks both kinds of report share (known task of
@@ -266,7 +286,7 @@ class CombinerCore {
 
     // Transfer (transfer_service.cpp)
     grpc::Status upload(grpc::ServerContext* context, grpc::ServerReader<v1::UploadChunk>* reader,
-                        v1::UploadResult* result);
+                        v1::UploadResult* result, const Caller& caller);
     grpc::Status download(grpc::ServerContext* context, const v1::DownloadRequest& request,
                           grpc::ServerWriter<v1::DownloadChunk>* writer);
     grpc::Status query_upload(const v1::UploadQuery& query, v1::UploadState* state);
@@ -299,6 +319,14 @@ class CombinerCore {
     bool is_ready(const ClientRecord& client) const;
     /// Requires m_mutex.
     void send_package_available(ClientRecord& client);
+
+    // access.cpp
+    /// Start-up with authentication on: makes an admin token and writes it to
+    /// data_dir/admin.token (0600) unless a usable admin token exists.
+    void bootstrap_admin_token();
+    /// Closes the Connect streams of clients whose token is no longer usable (revoked,
+    /// expired). Requires m_mutex.
+    void close_streams_of_unusable_tokens();
 
     // persist.cpp
     /// Rebuilds m_state from the database (start-up): clients offline, open rounds failed,
@@ -364,6 +392,7 @@ class CombinerCore {
     EventLog m_log;
     Store m_store;
     std::unique_ptr<Database> m_db;          ///< from start()
+    TokenRegistry m_tokens;                  ///< access tokens (saved to m_db)
     std::condition_variable m_logs_changed;  ///< new log lines (with m_mutex)
 
     mutable std::mutex m_mutex;

@@ -89,6 +89,7 @@ void CombinerCore::count_task_outcome(const std::string& client_id, bool success
 void CombinerCore::load_state() {
     StoredState stored = m_db->load();
     const std::int64_t now = now_unix_ms();
+    m_tokens.load(stored.tokens);
 
     for (const auto& info : stored.clients) {
         ClientRecord& client = m_state.clients[info.client_id()];
@@ -105,6 +106,7 @@ void CombinerCore::load_state() {
     m_state.seed_model_id = setting("seed_model_id");
     m_state.package_sha256 = setting("package_sha256");
     m_state.package_name = setting("package_name");
+    m_state.package_signature = setting("package_signature");
     try {
         std::string size = setting("package_size");
         m_state.package_size = size.empty() ? 0 : std::stoull(size);

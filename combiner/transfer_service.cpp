@@ -37,7 +37,7 @@ class TransferGuard {
 
 grpc::Status CombinerCore::upload(grpc::ServerContext* context,
                                   grpc::ServerReader<v1::UploadChunk>* reader,
-                                  v1::UploadResult* result) {
+                                  v1::UploadResult* result, const Caller& caller) {
     v1::UploadChunk chunk;
     if (!reader->Read(&chunk)) {
         return {grpc::StatusCode::CANCELLED, "upload: the stream ended before the header"};
@@ -54,6 +54,27 @@ grpc::Status CombinerCore::upload(grpc::ServerContext* context,
     if (!is_sha256(header.sha256())) {
         return {grpc::StatusCode::INVALID_ARGUMENT,
                 "upload: header.sha256 must be 64 hex digits, got '" + header.sha256() + "'"};
+    }
+    if (caller.is_client() && !caller.token_id.empty()) {
+        // A client uploads the updates of its own tasks, nothing else.
+        if (header.kind() != v1::TRANSFER_KIND_MODEL || header.task_id().empty()) {
+            return {grpc::StatusCode::PERMISSION_DENIED,
+                    "upload: a client token may upload only the update of one of its own "
+                    "tasks (packages and seed models need an admin token)"};
+        }
+        std::string owner;
+        {
+            std::lock_guard lock(m_mutex);
+            auto task = m_state.tasks.find(header.task_id());
+            if (task != m_state.tasks.end()) owner = task->second.client_id;
+        }
+        if (owner.empty() || owner != caller.client_id) {
+            return {grpc::StatusCode::PERMISSION_DENIED,
+                    "upload: task " + header.task_id() + " is not a task of client id " +
+                        (caller.client_id.empty() ? std::string("(not connected yet)")
+                                                  : caller.client_id) +
+                        ", the client this token belongs to"};
+        }
     }
     const std::string sha256 = lowercase(header.sha256());
     std::string description = "upload of " + kind_name(header.kind()) + " " + short_id(sha256);

@@ -1,11 +1,21 @@
 #include "core/proto/rpc.hpp"
 
+#include <arpa/inet.h>
 #include <grpcpp/grpcpp.h>
+#include <grpcpp/support/client_interceptor.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <openssl/ssl.h>
+#include <sys/socket.h>
+#include <sys/time.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cctype>
 #include <condition_variable>
+#include <fstream>
 #include <functional>
+#include <iterator>
 #include <mutex>
 #include <optional>
 #include <stop_token>
@@ -144,7 +154,88 @@ std::string status_text(const grpc::Status& status) {
     return text;
 }
 
-std::shared_ptr<grpc::Channel> make_channel(const std::string& target) {
+namespace {
+
+/// Adds the `authorization` metadata to every call of a channel.
+class TokenInterceptor final : public grpc::experimental::Interceptor {
+  public:
+    explicit TokenInterceptor(const std::string& value) : m_value(value) {}
+    void Intercept(grpc::experimental::InterceptorBatchMethods* methods) override {
+        if (methods->QueryInterceptionHookPoint(
+                grpc::experimental::InterceptionHookPoints::PRE_SEND_INITIAL_METADATA)) {
+            methods->GetSendInitialMetadata()->insert({"authorization", m_value});
+        }
+        methods->Proceed();
+    }
+
+  private:
+    const std::string& m_value;
+};
+
+class TokenInterceptorFactory final : public grpc::experimental::ClientInterceptorFactoryInterface {
+  public:
+    explicit TokenInterceptorFactory(std::string token) : m_value("Bearer " + std::move(token)) {}
+    grpc::experimental::Interceptor* CreateClientInterceptor(
+        grpc::experimental::ClientRpcInfo*) override {
+        return new TokenInterceptor(m_value);
+    }
+
+  private:
+    std::string m_value;  // outlives the channel's calls: the channel owns the factory
+};
+
+std::string read_pem(const std::filesystem::path& file, std::string_view what) {
+    std::ifstream in(file, std::ios::binary);
+    if (!in) throw Error(file.string() + ": cannot read (" + std::string(what) + ")");
+    std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    if (text.find("-----BEGIN ") == std::string::npos) {
+        throw Error(file.string() + ": not a PEM file (" + std::string(what) + ")");
+    }
+    return text;
+}
+
+}  // namespace
+
+std::string target_host(const std::string& target) {
+    const auto colon = target.rfind(':');
+    return colon == std::string::npos ? target : target.substr(0, colon);
+}
+
+bool is_loopback_host(std::string_view host) {
+    if (host.size() > 2 && host.front() == '[' && host.back() == ']') {
+        host = host.substr(1, host.size() - 2);
+    }
+    if (host == "localhost" || host == "::1" || host == "0:0:0:0:0:0:0:1") return true;
+    in_addr address{};
+    return ::inet_pton(AF_INET, std::string(host).c_str(), &address) == 1 &&
+           (ntohl(address.s_addr) >> 24) == 127;
+}
+
+std::shared_ptr<grpc::Channel> make_channel(const std::string& target,
+                                            const ChannelOptions& options) {
+    const bool tls = !options.ca_file.empty();
+    if (!options.token.empty() && !tls && !options.insecure &&
+        !is_loopback_host(target_host(target))) {
+        throw Error("refusing to send an access token in clear text to " + target +
+                    ": pass --ca FILE to talk TLS (the combiner needs --tls-cert and "
+                    "--tls-key), or --insecure on a network you trust");
+    }
+    if ((options.cert_file.empty()) != (options.key_file.empty())) {
+        throw Error("a client certificate needs both --tls-cert and --tls-key");
+    }
+    if (!tls && !options.cert_file.empty()) {
+        throw Error("--tls-cert and --tls-key need --ca (the CA of the combiner's certificate)");
+    }
+    std::shared_ptr<grpc::ChannelCredentials> credentials = grpc::InsecureChannelCredentials();
+    if (tls) {
+        grpc::SslCredentialsOptions ssl;
+        ssl.pem_root_certs = read_pem(options.ca_file, "--ca");
+        if (!options.cert_file.empty()) {
+            ssl.pem_cert_chain = read_pem(options.cert_file, "--tls-cert");
+            ssl.pem_private_key = read_pem(options.key_file, "--tls-key");
+        }
+        credentials = grpc::SslCredentials(ssl);
+    }
     grpc::ChannelArguments arguments;
     arguments.SetMaxSendMessageSize(k_max_message_bytes);
     arguments.SetMaxReceiveMessageSize(k_max_message_bytes);
@@ -163,7 +254,81 @@ std::shared_ptr<grpc::Channel> make_channel(const std::string& target) {
     arguments.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 500);
     arguments.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, 500);
     arguments.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 5000);
-    return grpc::CreateCustomChannel(target, grpc::InsecureChannelCredentials(), arguments);
+    std::vector<std::unique_ptr<grpc::experimental::ClientInterceptorFactoryInterface>> creators;
+    if (!options.token.empty()) {
+        creators.push_back(std::make_unique<TokenInterceptorFactory>(options.token));
+    }
+    return grpc::experimental::CreateCustomChannelWithInterceptors(target, credentials, arguments,
+                                                                   std::move(creators));
+}
+
+bool speaks_tls(const std::string& target, std::chrono::milliseconds timeout) {
+    std::string host = target_host(target);
+    if (host.size() > 2 && host.front() == '[') host = host.substr(1, host.size() - 2);
+    const std::string port = target.substr(target.rfind(':') + 1);
+    addrinfo hints{};
+    hints.ai_family = AF_UNSPEC;
+    hints.ai_socktype = SOCK_STREAM;
+    addrinfo* addresses = nullptr;
+    if (::getaddrinfo(host.c_str(), port.c_str(), &hints, &addresses) != 0) return false;
+    int fd = -1;
+    timeval limit{};
+    limit.tv_sec = static_cast<time_t>(timeout.count() / 1000);
+    limit.tv_usec = static_cast<suseconds_t>((timeout.count() % 1000) * 1000);
+    for (addrinfo* address = addresses; address && fd < 0; address = address->ai_next) {
+        fd =
+            ::socket(address->ai_family, address->ai_socktype | SOCK_CLOEXEC, address->ai_protocol);
+        if (fd < 0) continue;
+        ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &limit, sizeof limit);
+        ::setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &limit, sizeof limit);
+        if (::connect(fd, address->ai_addr, address->ai_addrlen) != 0) {
+            ::close(fd);
+            fd = -1;
+        }
+    }
+    ::freeaddrinfo(addresses);
+    if (fd < 0) return false;
+    bool answered = false;
+    if (SSL_CTX* context = SSL_CTX_new(TLS_client_method())) {
+        SSL_CTX_set_verify(context, SSL_VERIFY_NONE, nullptr);
+        static const unsigned char k_h2[] = {2, 'h', '2'};
+        SSL_CTX_set_alpn_protos(context, k_h2, sizeof k_h2);
+        if (SSL* ssl = SSL_new(context)) {
+            SSL_set_fd(ssl, fd);
+            // A server certificate means a TLS server answered, even if the handshake then
+            // fails (e.g. it wants a client certificate).
+            answered = SSL_connect(ssl) == 1 || SSL_get0_peer_certificate(ssl) != nullptr;
+            SSL_free(ssl);
+        }
+        SSL_CTX_free(context);
+    }
+    ::close(fd);
+    return answered;
+}
+
+std::string transport_hint(const std::string& target, const ChannelOptions& options,
+                           const grpc::Status& status) {
+    if (status.error_code() != grpc::StatusCode::UNAVAILABLE &&
+        status.error_code() != grpc::StatusCode::DEADLINE_EXCEEDED) {
+        return {};
+    }
+    if (options.ca_file.empty()) {
+        if (speaks_tls(target)) {
+            return " (the combiner at " + target +
+                   " speaks TLS; pass --ca FILE with the CA certificate that signed its "
+                   "certificate, or set FEDCLI_CA)";
+        }
+        return {};
+    }
+    const std::string& message = status.error_message();
+    if (message.find("andshake") != std::string::npos || message.find("SSL") != std::string::npos ||
+        message.find("ssl") != std::string::npos || !speaks_tls(target)) {
+        return " (TLS failed: does the combiner at " + target +
+               " speak TLS, does --ca hold the CA that signed its certificate, and is the "
+               "address one the certificate names? A combiner started with --client-ca also "
+               "needs --tls-cert and --tls-key here)";
+    }
+    return {};
 }
 
 void check_target(const std::string& target, const std::string& what) {

@@ -43,9 +43,46 @@ void apply_transport_settings(SetInt&& set) {
     set(GRPC_ARG_TCP_MAX_READ_CHUNK_SIZE, 4 << 20);
 }
 
+/// How a channel authenticates itself and the combiner (docs/security.md).
+struct ChannelOptions {
+    /// Access token, sent as `authorization: Bearer <token>` metadata on every call; empty:
+    /// none (a combiner started with --insecure).
+    std::string token;
+    /// TLS: the CA certificate(s), PEM, that the combiner's certificate must chain to.
+    /// Empty: plaintext.
+    std::filesystem::path ca_file;
+    /// Mutual TLS: this side's certificate and private key, PEM (both or neither; needs
+    /// ca_file).
+    std::filesystem::path cert_file;
+    std::filesystem::path key_file;
+    /// Allows sending a token in clear text to an address that is not loopback.
+    bool insecure = false;
+};
+
 /// A channel to "host:port" with fedcli's settings: 8 MiB message limit, keepalive pings,
-/// reconnect backoff capped at a few seconds.
-std::shared_ptr<grpc::Channel> make_channel(const std::string& target);
+/// reconnect backoff capped at a few seconds; TLS and the token per `options`. Throws
+/// fedcli::Error when a PEM file cannot be read, or when a token would travel in clear text
+/// to a host that is not loopback without `options.insecure` (before connecting).
+std::shared_ptr<grpc::Channel> make_channel(const std::string& target,
+                                            const ChannelOptions& options = {});
+
+/// The host of "host:port" ("[::1]" keeps its brackets).
+std::string target_host(const std::string& target);
+/// Whether `host` is this machine's loopback: localhost, 127.0.0.0/8, ::1.
+bool is_loopback_host(std::string_view host);
+
+/// Whether the server at "host:port" answers a TLS handshake (certificate not checked), to
+/// tell a user who dials a TLS combiner in plaintext what is wrong. False when nothing
+/// answers within `timeout`.
+bool speaks_tls(const std::string& target,
+                std::chrono::milliseconds timeout = std::chrono::milliseconds(2000));
+
+/// A hint for a call to `target` that failed with `status` when the cause may be TLS: the
+/// combiner speaks TLS but the channel does not (" (the combiner at X speaks TLS; pass --ca
+/// FILE ...)"), or a TLS handshake failed. Empty otherwise. May probe the server
+/// (speaks_tls), so only call it after a failure.
+std::string transport_hint(const std::string& target, const ChannelOptions& options,
+                           const grpc::Status& status);
 
 /// Parses "host:port" (port 1-65535; host may be a name, IPv4, or [IPv6]). Throws
 /// fedcli::Error naming `what` (e.g. "--combiner") when malformed.

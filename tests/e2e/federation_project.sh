@@ -3,7 +3,8 @@
 # it does besides is chosen per client through the environment (--env MODE=...):
 #   MODE=slow   sleeps 600 s before training      MODE=fail   exits with code 3
 #   MODE=shape  writes an array of another shape  MODE=nan    writes a NaN
-# CLIENT_NUMBER (default 0) sets the client's number; SLEEP=S sleeps S seconds before
+#   MODE=bigmeta  writes 2 MiB of metadata
+# CLIENT_NUMBER (default FEDCLI_CLIENT_INDEX, else 0) sets the client's number; SLEEP=S sleeps S seconds before
 # training (rounds that last a while).
 write_toy_project() {
     mkdir -p "$1"
@@ -26,7 +27,7 @@ PY
 import json, os, sys, time
 import numpy as np
 mode = os.environ.get("MODE", "good")
-number = int(os.environ.get("CLIENT_NUMBER", "0"))
+number = int(os.environ.get("CLIENT_NUMBER", os.environ.get("FEDCLI_CLIENT_INDEX", "0")))
 print("train: mode %s, client %d" % (mode, number), flush=True)
 if mode == "slow":
     time.sleep(600)
@@ -41,7 +42,10 @@ if mode == "shape":
 if mode == "nan":
     arrays["1"][1] = np.nan
 np.savez(sys.argv[2], **arrays)
-json.dump({"num_examples": 100 * (number + 1)}, open(sys.argv[2] + "-metadata", "w"))
+metadata = {"num_examples": 100 * (number + 1)}
+if mode == "bigmeta":
+    metadata["padding"] = "x" * (2 << 20)
+json.dump(metadata, open(sys.argv[2] + "-metadata", "w"))
 PY
     cat >"$1/validate.py" <<'PY'
 import json, sys

@@ -100,7 +100,9 @@ wait_for() {
 # start_combiner [ARGS...]: starts `fedcli combiner start` on a free port (or on
 # $COMBINER_PORT when RESTART=1, to come back where clients dial) in the background (data in
 # $WORK/combiner, log appended to $WORK/combiner.log), waits for its port file and exports
-# FEDCLI_COMBINER for the operator commands. Sets COMBINER_PID.
+# FEDCLI_COMBINER for the operator commands, and FEDCLI_TOKEN_FILE: the admin token the
+# combiner made at its first start ($WORK/combiner/admin.token; not with --insecure).
+# Sets COMBINER_PID.
 start_combiner() {
     local port=0
     [[ ${RESTART:-0} == 1 ]] && port=$COMBINER_PORT
@@ -114,20 +116,58 @@ start_combiner() {
         test -s "$WORK/combiner.port"
     COMBINER_PORT=$(cat "$WORK/combiner.port")
     export FEDCLI_COMBINER=127.0.0.1:$COMBINER_PORT
+    COMBINER_INSECURE=0
+    local arg
+    for arg in "$@"; do [[ $arg == --insecure ]] && COMBINER_INSECURE=1; done
+    if [[ $COMBINER_INSECURE == 1 ]]; then
+        unset FEDCLI_TOKEN_FILE
+    else
+        [[ -s $WORK/combiner/admin.token ]] || fail "the combiner wrote no admin.token"
+        export FEDCLI_TOKEN_FILE=$WORK/combiner/admin.token
+    fi
+}
+
+# client_token_file WORK_DIR NAME: prints the file holding the client token of the client
+# with that work dir, creating the token (`fedcli token create --role client`) on first use.
+# A client token is bound to one client id, so each work dir gets its own.
+client_token_file() {
+    local key file
+    key=$(printf '%s' "$1" | md5sum | cut -c1-16)
+    file=$WORK/tokens/$key.token
+    if [[ ! -s $file ]]; then
+        mkdir -p "$WORK/tokens"
+        "$FEDCLI" token create --role client --name "$2" >"$file" 2>>"$WORK/tokens.log" ||
+            fail "cannot create a client token for $2: $(tail -n 3 "$WORK/tokens.log")"
+    fi
+    echo "$file"
 }
 
 # start_client NAME [ARGS...]: starts `fedcli client start --name NAME` in the background
 # with work dir $WORK/clients/NAME (unless ARGS give --work-dir) and log
-# $WORK/client-NAME.log. Sets CLIENT_PID (and CLIENT_PIDS[NAME]).
+# $WORK/client-NAME.log; unless ARGS give --token or --token-file (or the combiner is
+# --insecure), with a client token of its own per work dir (client_token_file). Sets
+# CLIENT_PID (and CLIENT_PIDS[NAME]).
 declare -A CLIENT_PIDS=()
 start_client() {
     local name=$1
     shift
-    local work=(--work-dir "$WORK/clients/$name")
-    local arg
-    for arg in "$@"; do [[ $arg == --work-dir* ]] && work=(); done
+    local work_dir=$WORK/clients/$name
+    local work=(--work-dir "$work_dir")
+    local token=()
+    [[ ${COMBINER_INSECURE:-0} == 1 ]] || token=(--token-file "")
+    local arg previous=""
+    for arg in "$@"; do
+        [[ $arg == --work-dir* ]] && work=()
+        [[ $arg == --work-dir=* ]] && work_dir=${arg#--work-dir=}
+        [[ $previous == --work-dir ]] && work_dir=$arg
+        [[ $arg == --token* ]] && token=()
+        previous=$arg
+    done
+    if [[ ${#token[@]} -gt 0 ]]; then
+        token=(--token-file "$(client_token_file "$work_dir" "$name")")
+    fi
     "$FEDCLI" client start --combiner "$FEDCLI_COMBINER" --name "$name" "${work[@]}" \
-        --python "$PYTHON" "$@" >>"$WORK/client-$name.log" 2>&1 &
+        "${token[@]}" --python "$PYTHON" "$@" >>"$WORK/client-$name.log" 2>&1 &
     CLIENT_PID=$!
     CLIENT_PIDS[$name]=$CLIENT_PID
     DAEMON_PIDS+=("$CLIENT_PID")

@@ -10,9 +10,12 @@ run_fedcli run build --path p
 expect_rc 0
 
 start_combiner --heartbeat-interval 0.5
-run_fedcli package push --path p
+run_fedcli package keygen --out keys
+expect_rc 0
+run_fedcli package push --path p --sign-key keys/package.key
 expect_rc 0
 expect_in out "now its compute package"
+expect_in out "signed   by key"
 run_fedcli model push p/seed.npz
 expect_rc 0
 seed_id=$(sha256sum p/seed.npz | cut -d' ' -f1)
@@ -20,7 +23,8 @@ expect_in out "$seed_id"
 
 # Each client takes its own share of the template's data set.
 for i in 0 1 2; do
-    start_client "c$i" --env FEDCLI_CLIENT_INDEX=$i --env FEDCLI_NUM_CLIENTS=3
+    start_client "c$i" --env FEDCLI_CLIENT_INDEX=$i --env FEDCLI_NUM_CLIENTS=3 \
+        --trust-key keys/package.pub
 done
 wait_clients_idle 3 120
 

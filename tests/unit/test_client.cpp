@@ -692,6 +692,7 @@ TEST_CASE("a package from the combiner is downloaded, installed, and started up 
     federation.package = offer;
 
     auto options = client_options(combiner, dir / "work");
+    options.package_pins = {sha};  // trusted by its sha256 (signatures: test_signature.cpp)
     options.environment.emplace_back("STARTUP_COUNTER", (dir / "counter.txt").string());
     auto installed = [&](std::size_t from) {
         for (std::size_t i = from; i < federation.heartbeats.size(); ++i) {
@@ -746,7 +747,9 @@ TEST_CASE("a broken package leaves the client connected, idle and without a pack
     offer.set_sha256(sha);
     federation.package = offer;
 
-    RunningClient client(client_options(combiner, dir / "work"));
+    auto options = client_options(combiner, dir / "work");
+    options.package_pins = {sha};  // trusted, but broken
+    RunningClient client(options);
     // PREPARING while it tries, then IDLE again.
     REQUIRE(federation.wait([&] {
         bool preparing = false;
@@ -1012,9 +1015,23 @@ TEST_CASE("with the real combiner a packaged numpy project trains, and the round
     fedcli::combiner::Combiner combiner(combiner_options);
     combiner.start();
     const std::string address = "127.0.0.1:" + std::to_string(combiner.port());
-    auto channel = fedcli::proto::make_channel(address);
+    // The operator's calls use the admin token the combiner made; the client gets a client
+    // token of its own, as in a real deployment.
+    fedcli::proto::ChannelOptions admin;
+    admin.token = fedcli::test::read_file(combiner_options.data_dir / "admin.token");
+    admin.token.pop_back();  // newline
+    auto channel = fedcli::proto::make_channel(address, admin);
     auto transfer = v1::Transfer::NewStub(channel);
     auto control = v1::Control::NewStub(channel);
+    std::string client_token;
+    {
+        grpc::ClientContext context;
+        v1::CreateTokenRequest request;
+        request.set_role(v1::TOKEN_ROLE_CLIENT);
+        v1::CreateTokenResponse response;
+        REQUIRE(control->CreateToken(&context, request, &response).ok());
+        client_token = response.token();
+    }
 
     const auto seed =
         fedcli::proto::upload_file(*transfer, v1::TRANSFER_KIND_MODEL, dir / "seed.npz");
@@ -1043,6 +1060,8 @@ TEST_CASE("with the real combiner a packaged numpy project trains, and the round
 
     fedcli::client::Options options;
     options.combiner = address;
+    options.channel.token = client_token;
+    options.package_pins = {package.sha256};
     options.name = "c1";
     options.work_dir = dir / "work";
     options.python = fedcli::test::python();

@@ -28,6 +28,7 @@
 #include "combiner/db.hpp"
 #include "core/npz/npz.hpp"
 #include "core/proto/fedcli.grpc.pb.h"
+#include "core/proto/rpc.hpp"
 #include "core/proto/transfer.hpp"
 #include "core/util/sha256.hpp"
 #include "tests/unit/support.hpp"
@@ -157,6 +158,9 @@ class Harness {
         m_options.data_dir = m_dir / "data";
         m_options.heartbeat_interval = heartbeat;
         m_options.log = &m_log;
+        // Authentication is tested on its own below ("access tokens ..."); these tests
+        // exercise everything else.
+        m_options.insecure = true;
         launch();
     }
     ~Harness() {
@@ -2055,4 +2059,307 @@ TEST_CASE("check_data_dir finds a finished session's folder consistent and names
     CHECK(std::any_of(problems.begin(), problems.end(), [&](const std::string& problem) {
         return problem.find("models/" + lost + ".npz is missing") != std::string::npos;
     }));
+}
+
+// ---------------------------------------------------------------------------------------
+// Access tokens and roles (docs/security.md)
+
+namespace {
+
+/// A combiner with authentication on, and stubs that present a given token.
+class SecuredCombiner {
+  public:
+    SecuredCombiner() {
+        options.port = 0;
+        options.data_dir = dir / "data";
+        options.log = &log;
+        combiner = std::make_unique<fedcli::combiner::Combiner>(options);
+        combiner->start();
+        admin_token = fedcli::test::read_file(options.data_dir / "admin.token");
+        while (!admin_token.empty() && admin_token.back() == '\n') admin_token.pop_back();
+    }
+    ~SecuredCombiner() { combiner->shutdown(); }
+
+    std::shared_ptr<grpc::Channel> channel(const std::string& token) {
+        fedcli::proto::ChannelOptions channel_options;
+        channel_options.token = token;
+        return fedcli::proto::make_channel("127.0.0.1:" + std::to_string(combiner->port()),
+                                           channel_options);
+    }
+    std::unique_ptr<v1::Control::Stub> control(const std::string& token) {
+        return v1::Control::NewStub(channel(token));
+    }
+    grpc::Status get_status(const std::string& token) {
+        grpc::ClientContext context;
+        v1::StatusResponse response;
+        return control(token)->GetStatus(&context, v1::GetStatusRequest(), &response);
+    }
+    std::string create_token(v1::TokenRole role, std::int64_t expires_in_ms = 0) {
+        grpc::ClientContext context;
+        v1::CreateTokenRequest request;
+        request.set_role(role);
+        request.set_expires_in_ms(expires_in_ms);
+        v1::CreateTokenResponse response;
+        grpc::Status status = control(admin_token)->CreateToken(&context, request, &response);
+        INFO(status.error_message());
+        REQUIRE(status.ok());
+        return response.token();
+    }
+
+    fedcli::test::TempDir dir;
+    std::ostringstream log;
+    fedcli::combiner::Options options;
+    std::unique_ptr<fedcli::combiner::Combiner> combiner;
+    std::string admin_token;
+};
+
+/// One Connect stream with a token: Hello, then the first answer.
+struct TokenStream {
+    TokenStream(SecuredCombiner& server, const std::string& token, const std::string& id,
+                bool heartbeat = true)
+        : stub(v1::Federation::NewStub(server.channel(token))) {
+        stream = stub->Connect(&context);
+        v1::ClientMessage hello;
+        hello.mutable_hello()->set_client_id(id);
+        hello.mutable_hello()->set_name(id);
+        hello.mutable_hello()->set_protocol_version(1);
+        hello.mutable_hello()->add_capabilities("train");
+        hello.mutable_hello()->add_capabilities("local-package");
+        stream->Write(hello);
+        v1::ServerMessage first;
+        if (stream->Read(&first) && first.has_welcome()) {
+            welcomed = true;
+            client_id = first.welcome().client_id();
+            if (heartbeat) {
+                v1::ClientMessage beat;
+                beat.mutable_heartbeat()->set_sequence(1);
+                beat.mutable_heartbeat()->set_status(v1::CLIENT_STATUS_IDLE);
+                stream->Write(beat);
+            }
+        } else {
+            status = stream->Finish();
+        }
+    }
+    ~TokenStream() {
+        if (welcomed) {
+            context.TryCancel();
+            stream->Finish();
+        }
+    }
+    /// The next message that is not PackageAvailable; false when the stream ended.
+    bool read(v1::ServerMessage& message) {
+        while (stream->Read(&message)) {
+            if (!message.has_package_available()) return true;
+        }
+        return false;
+    }
+
+    std::unique_ptr<v1::Federation::Stub> stub;
+    grpc::ClientContext context;
+    std::unique_ptr<grpc::ClientReaderWriter<v1::ClientMessage, v1::ServerMessage>> stream;
+    bool welcomed = false;
+    std::string client_id;
+    grpc::Status status;
+};
+
+}  // namespace
+
+TEST_CASE("access tokens: bootstrap admin token, refusals, roles", "[combiner][auth]") {
+    SecuredCombiner server;
+    const fs::path token_file = server.options.data_dir / "admin.token";
+    CHECK((fs::status(token_file).permissions() & fs::perms::all) ==
+          (fs::perms::owner_read | fs::perms::owner_write));
+    CHECK(server.admin_token.rfind("fedcli_", 0) == 0);
+    CHECK(server.get_status(server.admin_token).ok());
+
+    grpc::Status missing = server.get_status("");
+    CHECK(missing.error_code() == grpc::StatusCode::UNAUTHENTICATED);
+    CHECK_THAT(missing.error_message(), Catch::Contains("no access token"));
+    grpc::Status wrong = server.get_status("fedcli_000000000000_" + std::string(40, '0'));
+    CHECK(wrong.error_code() == grpc::StatusCode::UNAUTHENTICATED);
+    CHECK_THAT(wrong.error_message(), Catch::Contains("is not valid"));
+
+    const std::string client = server.create_token(v1::TOKEN_ROLE_CLIENT);
+    grpc::Status control = server.get_status(client);
+    CHECK(control.error_code() == grpc::StatusCode::PERMISSION_DENIED);
+    CHECK_THAT(control.error_message(), Catch::Contains("this call needs an admin token"));
+
+    const std::string brief = server.create_token(v1::TOKEN_ROLE_ADMIN, 1);
+    CHECK(eventually([&] {
+        grpc::Status status = server.get_status(brief);
+        return status.error_code() == grpc::StatusCode::UNAUTHENTICATED &&
+               status.error_message().find("expired") != std::string::npos;
+    }));
+
+    // A restart keeps the tokens and does not make a new admin token.
+    server.combiner->shutdown();
+    server.combiner = std::make_unique<fedcli::combiner::Combiner>(server.options);
+    server.combiner->start();
+    CHECK(server.get_status(server.admin_token).ok());
+    CHECK(server.get_status(client).error_code() == grpc::StatusCode::PERMISSION_DENIED);
+    CHECK(fedcli::test::read_file(token_file) == server.admin_token + "\n");
+}
+
+TEST_CASE("access tokens: a client token acts only as its own client", "[combiner][auth]") {
+    SecuredCombiner server;
+    const std::string token_a = server.create_token(v1::TOKEN_ROLE_CLIENT);
+    const std::string token_b = server.create_token(v1::TOKEN_ROLE_CLIENT);
+
+    // Seed model through the admin token, so a session can run.
+    const fs::path seed = server.dir / "seed.npz";
+    npz::write_npz(seed, make_model(1.0f));
+    auto admin_transfer = v1::Transfer::NewStub(server.channel(server.admin_token));
+    UploadCall seeded = upload(*admin_transfer, v1::TRANSFER_KIND_MODEL, seed);
+    REQUIRE(seeded.status.ok());
+    {
+        grpc::ClientContext context;
+        v1::SetSeedModelRequest request;
+        request.set_model_id(seeded.result.id());
+        v1::Ack ack;
+        REQUIRE(server.control(server.admin_token)->SetSeedModel(&context, request, &ack).ok());
+        REQUIRE(ack.accepted());
+    }
+
+    TokenStream a(server, token_a, "client-a");
+    REQUIRE(a.welcomed);
+    CHECK(a.client_id == "client-a");
+
+    // Token A with another id; id A with token B.
+    TokenStream a_as_b(server, token_a, "client-b");
+    CHECK_FALSE(a_as_b.welcomed);
+    CHECK(a_as_b.status.error_code() == grpc::StatusCode::PERMISSION_DENIED);
+    CHECK_THAT(a_as_b.status.error_message(),
+               Catch::Contains("belongs to client id client-a; it cannot connect as client id "
+                               "client-b"));
+    TokenStream b_as_a(server, token_b, "client-a");
+    CHECK_FALSE(b_as_a.welcomed);
+    CHECK(b_as_a.status.error_code() == grpc::StatusCode::PERMISSION_DENIED);
+    CHECK_THAT(b_as_a.status.error_message(),
+               Catch::Contains("client id client-a belongs to another token"));
+    TokenStream b(server, token_b, "client-b", /*heartbeat=*/false);  // never selected
+    REQUIRE(b.welcomed);
+
+    // A session gives client A a task.
+    {
+        grpc::ClientContext context;
+        v1::StartSessionRequest request;
+        request.mutable_config()->set_rounds(1);
+        request.mutable_config()->set_round_timeout_ms(20000);
+        v1::StartSessionResponse response;
+        REQUIRE(
+            server.control(server.admin_token)->StartSession(&context, request, &response).ok());
+        INFO(response.ack().reason());
+        REQUIRE(response.ack().accepted());
+    }
+    v1::ServerMessage message;
+    REQUIRE(a.read(message));
+    REQUIRE(message.has_task());
+    const v1::Task task = message.task();
+
+    // Client B cannot upload for A's task, nor packages or seeds, nor report as A.
+    auto transfer_b = v1::Transfer::NewStub(server.channel(token_b));
+    auto upload_as = [&](const std::string& task_id, v1::TransferKind kind) {
+        grpc::ClientContext context;
+        v1::UploadResult result;
+        auto writer = transfer_b->Upload(&context, &result);
+        v1::UploadChunk chunk;
+        chunk.mutable_header()->set_kind(kind);
+        chunk.mutable_header()->set_size(fs::file_size(seed));
+        chunk.mutable_header()->set_sha256(fedcli::util::sha256_file(seed));
+        chunk.mutable_header()->set_task_id(task_id);
+        writer->Write(chunk);
+        writer->WritesDone();
+        return writer->Finish();
+    };
+    grpc::Status foreign = upload_as(task.task_id(), v1::TRANSFER_KIND_MODEL);
+    CHECK(foreign.error_code() == grpc::StatusCode::PERMISSION_DENIED);
+    CHECK_THAT(foreign.error_message(),
+               Catch::Contains("task " + task.task_id() + " is not a task of client id client-b"));
+    grpc::Status package = upload_as("", v1::TRANSFER_KIND_PACKAGE);
+    CHECK(package.error_code() == grpc::StatusCode::PERMISSION_DENIED);
+    CHECK_THAT(package.error_message(), Catch::Contains("need an admin token"));
+
+    auto federation_b = v1::Federation::NewStub(server.channel(token_b));
+    {
+        grpc::ClientContext context;
+        v1::UpdateReport report;
+        report.set_client_id("client-a");
+        report.set_task_id(task.task_id());
+        report.set_round_id(task.round_id());
+        v1::Ack ack;
+        grpc::Status status = federation_b->ReportUpdate(&context, report, &ack);
+        CHECK(status.error_code() == grpc::StatusCode::PERMISSION_DENIED);
+        CHECK_THAT(status.error_message(),
+                   Catch::Contains("belongs to client id client-b; it cannot act for client id "
+                                   "client-a"));
+    }
+    {
+        grpc::ClientContext context;
+        v1::ValidationReport report;
+        report.set_client_id("client-a");
+        report.set_task_id(task.task_id());
+        v1::Ack ack;
+        CHECK(federation_b->ReportValidation(&context, report, &ack).error_code() ==
+              grpc::StatusCode::PERMISSION_DENIED);
+    }
+    {
+        // As itself, B is told the task is not its own.
+        grpc::ClientContext context;
+        v1::UpdateReport report;
+        report.set_client_id("client-b");
+        report.set_task_id(task.task_id());
+        report.set_round_id(task.round_id());
+        v1::Ack ack;
+        REQUIRE(federation_b->ReportUpdate(&context, report, &ack).ok());
+        CHECK_FALSE(ack.accepted());
+        CHECK(ack.code() == v1::ACK_CODE_UNKNOWN_TASK);
+    }
+
+    // Client A may upload and report its own update.
+    auto transfer_a = v1::Transfer::NewStub(server.channel(token_a));
+    UploadCall own = upload(*transfer_a, v1::TRANSFER_KIND_MODEL, seed);
+    CHECK(own.status.error_code() == grpc::StatusCode::PERMISSION_DENIED);  // no task named
+    {
+        grpc::ClientContext context;
+        v1::UploadResult result;
+        auto writer = transfer_a->Upload(&context, &result);
+        v1::UploadChunk chunk;
+        chunk.mutable_header()->set_kind(v1::TRANSFER_KIND_MODEL);
+        chunk.mutable_header()->set_size(fs::file_size(seed));
+        chunk.mutable_header()->set_sha256(fedcli::util::sha256_file(seed));
+        chunk.mutable_header()->set_task_id(task.task_id());
+        writer->Write(chunk);
+        writer->WritesDone();
+        grpc::Status status = writer->Finish();  // the file is stored already
+        INFO(status.error_message());
+        CHECK(status.ok());
+    }
+
+    // Revoking A's token closes its stream; A's calls are refused from then on.
+    grpc::ClientContext list_context;
+    v1::ListTokensResponse tokens;
+    REQUIRE(server.control(server.admin_token)
+                ->ListTokens(&list_context, v1::ListTokensRequest(), &tokens)
+                .ok());
+    std::string id_a;
+    for (const auto& token : tokens.tokens()) {
+        if (token.client_id() == "client-a") id_a = token.token_id();
+    }
+    REQUIRE(token_a.find(id_a) != std::string::npos);
+    {
+        grpc::ClientContext context;
+        v1::RevokeTokenRequest request;
+        request.set_token_id(id_a);
+        v1::RevokeTokenResponse response;
+        REQUIRE(server.control(server.admin_token)->RevokeToken(&context, request, &response).ok());
+        CHECK(response.info().revoked_unix_ms() > 0);
+    }
+    while (a.read(message)) {
+    }  // the stream ends (CancelTask or other messages may come first)
+    a.welcomed = false;
+    CHECK(a.stream->Finish().error_code() == grpc::StatusCode::CANCELLED);
+    TokenStream again(server, token_a, "client-a");
+    CHECK_FALSE(again.welcomed);
+    CHECK(again.status.error_code() == grpc::StatusCode::UNAUTHENTICATED);
+    CHECK_THAT(again.status.error_message(), Catch::Contains("was revoked"));
 }

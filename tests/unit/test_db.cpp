@@ -472,8 +472,8 @@ TEST_CASE("a database with a newer schema version is refused, untouched") {
     REQUIRE_THROWS_WITH(
         [&] { Database db(file); }(),
         Catch::Contains(file.string()) &&
-            Catch::Contains(
-                "schema version 99 is newer than this fedcli supports (1); upgrade fedcli"));
+            Catch::Contains("schema version 99 is newer than this fedcli supports (" +
+                            std::to_string(Database::k_schema_version) + "); upgrade fedcli"));
     CHECK(RawDb(file).integer("PRAGMA user_version") == 99);
 }
 
