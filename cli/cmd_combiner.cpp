@@ -21,6 +21,7 @@
 #include "combiner/combiner.hpp"
 #include "combiner/db.hpp"
 #include "core/error.hpp"
+#include "core/util/limits.hpp"
 #include "core/util/suggest.hpp"
 
 namespace fedcli::cli {
@@ -155,6 +156,11 @@ struct StartOptions {
     std::filesystem::path tls_cert;
     std::filesystem::path tls_key;
     std::filesystem::path client_ca;
+    std::string max_model_size;
+    std::string max_package_size;
+    std::size_t max_clients = combiner::Options{}.max_clients;
+    std::size_t max_transfers_per_client = combiner::Options{}.max_transfers_per_client;
+    double max_connects_per_second = combiner::Options{}.max_connects_per_second;
     // Which flags were given (they override the file).
     CLI::Option* host_flag = nullptr;
     CLI::Option* port_flag = nullptr;
@@ -205,6 +211,25 @@ int combiner_start(const StartOptions& options, std::ostream& out) {
     settings.tls_cert_file = options.tls_cert;
     settings.tls_key_file = options.tls_key;
     settings.client_ca_file = options.client_ca;
+    if (!options.max_model_size.empty()) {
+        settings.max_model_bytes =
+            util::parse_byte_size(options.max_model_size, "--max-model-size");
+    }
+    if (!options.max_package_size.empty()) {
+        settings.max_package_bytes =
+            util::parse_byte_size(options.max_package_size, "--max-package-size");
+    }
+    if (options.max_clients < 1 || options.max_transfers_per_client < 1) {
+        throw UsageError("--max-clients and --max-transfers-per-client must be at least 1",
+                         "fedcli combiner start");
+    }
+    if (!std::isfinite(options.max_connects_per_second) || options.max_connects_per_second < 0) {
+        throw UsageError("--max-connects-per-second must be 0 (unlimited) or positive",
+                         "fedcli combiner start");
+    }
+    settings.max_clients = options.max_clients;
+    settings.max_transfers_per_client = options.max_transfers_per_client;
+    settings.max_connects_per_second = options.max_connects_per_second;
     out.setf(std::ios::unitbuf);  // every event line reaches a pipe or file at once
     settings.log = &out;
 
@@ -269,6 +294,30 @@ Action setup_start(CLI::App& command, const Streams& streams) {
         .add_option("--client-ca", options->client_ca,
                     "Mutual TLS: require client certificates signed by this CA (PEM)")
         ->type_name("FILE");
+    command
+        .add_option("--max-model-size", options->max_model_size,
+                    "Largest model (seed or update) an upload may be (default 4G)")
+        ->type_name("SIZE")
+        ->group("Limits");
+    command
+        .add_option("--max-package-size", options->max_package_size,
+                    "Largest compute package an upload may be (default 512M)")
+        ->type_name("SIZE")
+        ->group("Limits");
+    command.add_option("--max-clients", options->max_clients, "Clients online at once")
+        ->capture_default_str()
+        ->group("Limits");
+    command
+        .add_option("--max-transfers-per-client", options->max_transfers_per_client,
+                    "Uploads and downloads one client token may have open at once")
+        ->capture_default_str()
+        ->group("Limits");
+    command
+        .add_option("--max-connects-per-second", options->max_connects_per_second,
+                    "Connect attempts per second from one address, bursts of twice as many "
+                    "(0: unlimited)")
+        ->capture_default_str()
+        ->group("Limits");
     command.footer(
         "Every call needs an access token unless --insecure is given. On the first start\n"
         "without an admin token the combiner makes one and writes it to\n"

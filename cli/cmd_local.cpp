@@ -381,6 +381,7 @@ void LocalRun::start_combiner() {
     settings.port = 0;
     settings.data_dir = m_out_dir / "combiner";
     settings.heartbeat_interval = std::chrono::milliseconds(1000);
+    settings.max_connects_per_second = 0;  // every client dials from this machine at once
     m_combiner_log.open(m_out_dir / "logs" / "combiner.log");
     if (!m_combiner_log)
         throw Error((m_out_dir / "logs" / "combiner.log").string() + ": cannot create");

@@ -65,14 +65,22 @@ class TransferService final : public v1::Transfer::Service {
         Caller caller;
         grpc::Status status = m_impl.authorize(context, v1::TOKEN_ROLE_CLIENT, caller);
         if (!status.ok()) return status;
-        return m_impl.upload(context, reader, result, caller);
+        status = m_impl.begin_transfer(caller);
+        if (!status.ok()) return status;
+        status = m_impl.upload(context, reader, result, caller);
+        m_impl.end_transfer(caller);
+        return status;
     }
     grpc::Status Download(grpc::ServerContext* context, const v1::DownloadRequest* request,
                           grpc::ServerWriter<v1::DownloadChunk>* writer) override {
         Caller caller;
         grpc::Status status = m_impl.authorize(context, v1::TOKEN_ROLE_CLIENT, caller);
         if (!status.ok()) return status;
-        return m_impl.download(context, *request, writer);
+        status = m_impl.begin_transfer(caller);
+        if (!status.ok()) return status;
+        status = m_impl.download(context, *request, writer);
+        m_impl.end_transfer(caller);
+        return status;
     }
     grpc::Status QueryUpload(grpc::ServerContext* context, const v1::UploadQuery* query,
                              v1::UploadState* state) override {

@@ -21,6 +21,8 @@
 #pragma once
 
 #include <chrono>
+#include <cstddef>
+#include <cstdint>
 #include <filesystem>
 #include <memory>
 #include <ostream>
@@ -51,6 +53,22 @@ struct Options {
     std::filesystem::path tls_key_file;
     /// Mutual TLS: require client certificates signed by this CA (PEM). Needs TLS.
     std::filesystem::path client_ca_file;
+
+    // Limits (docs/hardening.md). A peer that exceeds one gets RESOURCE_EXHAUSTED or
+    // INVALID_ARGUMENT naming the limit, and the combiner logs a line; nothing grows
+    // without bound.
+    /// Largest model (seed or client update) an upload may declare.
+    std::uint64_t max_model_bytes = std::uint64_t{4} << 30;
+    /// Largest compute package an upload may declare.
+    std::uint64_t max_package_bytes = std::uint64_t{512} << 20;
+    /// Clients registered at once; a new client id beyond it is refused (known ids may
+    /// always reconnect).
+    std::size_t max_clients = 1000;
+    /// Uploads and downloads one client token may have open at once.
+    std::size_t max_transfers_per_client = 4;
+    /// Connect attempts per second from one network address (a burst of twice as many is
+    /// allowed); 0: unlimited.
+    double max_connects_per_second = 20;
 };
 
 /// The file a combiner writes its bootstrap admin token to: data_dir/admin.token.

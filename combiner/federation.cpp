@@ -1,5 +1,6 @@
 // Federation: client streams (registry, heartbeats, task status) and result reports.
 #include <nlohmann/json.hpp>
+#include <sstream>
 
 #include "combiner/internal.hpp"
 #include "core/error.hpp"
@@ -68,8 +69,46 @@ void CombinerCore::send_package_available(ClientRecord& client) {
     client.connection->send(std::move(message));
 }
 
+bool CombinerCore::admit_connect(const std::string& peer) {
+    if (m_options.max_connects_per_second <= 0) return true;
+    // "ipv4:127.0.0.1:45678" -> "ipv4:127.0.0.1": one bucket per address, not per port.
+    const std::string address = peer.substr(0, peer.rfind(':'));
+    const double capacity = 2 * m_options.max_connects_per_second;
+    const auto now = Clock::now();
+    std::lock_guard lock(m_mutex);
+    if (m_connect_buckets.size() > 10000) {
+        // Forget full buckets: they hold no information.
+        std::erase_if(m_connect_buckets, [&](const auto& item) {
+            return item.second.tokens +
+                       std::chrono::duration<double>(now - item.second.updated).count() *
+                           m_options.max_connects_per_second >=
+                   capacity;
+        });
+    }
+    auto [found, inserted] = m_connect_buckets.try_emplace(address, ConnectBucket{capacity, now});
+    ConnectBucket& bucket = found->second;
+    if (!inserted) {
+        const double elapsed = std::chrono::duration<double>(now - bucket.updated).count();
+        bucket.tokens =
+            std::min(capacity, bucket.tokens + elapsed * m_options.max_connects_per_second);
+        bucket.updated = now;
+    }
+    if (bucket.tokens < 1) return false;
+    bucket.tokens -= 1;
+    return true;
+}
+
 grpc::Status CombinerCore::connect(grpc::ServerContext* context, Connection::Stream* stream,
                                    const Caller& caller) {
+    if (!admit_connect(context->peer())) {
+        std::ostringstream rate;
+        rate << m_options.max_connects_per_second;
+        log("connection attempt from " + context->peer() + " refused: more than " + rate.str() +
+            " per second");
+        return {grpc::StatusCode::RESOURCE_EXHAUSTED,
+                "connect: too many connection attempts from this address (the combiner allows " +
+                    rate.str() + " per second, --max-connects-per-second); back off and retry"};
+    }
     v1::ClientMessage message;
     if (!stream->Read(&message)) {
         return {grpc::StatusCode::CANCELLED, "connect: the stream ended before Hello"};
@@ -98,6 +137,16 @@ grpc::Status CombinerCore::connect(grpc::ServerContext* context, Connection::Str
         if (m_stopping) {
             connection->finish();
             return {grpc::StatusCode::UNAVAILABLE, "connect: the combiner is shutting down"};
+        }
+        auto known = m_state.clients.find(client_id);
+        const bool online = known != m_state.clients.end() && known->second.info.online();
+        if (!online && m_state.clients_online() >= m_options.max_clients) {
+            connection->finish();
+            log("connection of client '" + hello.name() + "' refused: " +
+                std::to_string(m_options.max_clients) + " clients online, the limit");
+            return {grpc::StatusCode::RESOURCE_EXHAUSTED,
+                    "connect: the combiner serves its limit of " +
+                        std::to_string(m_options.max_clients) + " online clients (--max-clients)"};
         }
         ClientRecord& client = m_state.clients[client_id];
         std::shared_ptr<Connection> older = std::move(client.connection);

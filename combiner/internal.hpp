@@ -290,6 +290,14 @@ class CombinerCore {
     grpc::Status download(grpc::ServerContext* context, const v1::DownloadRequest& request,
                           grpc::ServerWriter<v1::DownloadChunk>* writer);
     grpc::Status query_upload(const v1::UploadQuery& query, v1::UploadState* state);
+    /// Counts an upload or download of a client token against
+    /// Options::max_transfers_per_client (RESOURCE_EXHAUSTED beyond it); end_transfer()
+    /// gives the slot back. Admin callers and unauthenticated mode are not counted.
+    grpc::Status begin_transfer(const Caller& caller);
+    /// Token bucket per network address for Connect attempts
+    /// (Options::max_connects_per_second); false: refuse this one.
+    bool admit_connect(const std::string& peer);
+    void end_transfer(const Caller& caller);
 
     // Control (control.cpp)
     v1::Ack set_package(const v1::SetPackageRequest& request);
@@ -389,6 +397,15 @@ class CombinerCore {
     void log_status(const std::string& message);
 
     Options m_options;
+    /// Open transfers per client token (begin_transfer); guarded by m_mutex.
+    std::map<std::string, std::size_t> m_open_transfers;
+    /// Connect attempts per network address: tokens left and when they were counted
+    /// (admit_connect); guarded by m_mutex.
+    struct ConnectBucket {
+        double tokens = 0;
+        Clock::time_point updated{};
+    };
+    std::map<std::string, ConnectBucket> m_connect_buckets;
     EventLog m_log;
     Store m_store;
     std::unique_ptr<Database> m_db;          ///< from start()

@@ -5,6 +5,7 @@
 #include "core/error.hpp"
 #include "core/proto/rpc.hpp"
 #include "core/proto/transfer.hpp"
+#include "core/util/limits.hpp"
 
 namespace fedcli::combiner {
 
@@ -54,6 +55,21 @@ grpc::Status CombinerCore::upload(grpc::ServerContext* context,
     if (!is_sha256(header.sha256())) {
         return {grpc::StatusCode::INVALID_ARGUMENT,
                 "upload: header.sha256 must be 64 hex digits, got '" + header.sha256() + "'"};
+    }
+    {
+        const bool package = header.kind() == v1::TRANSFER_KIND_PACKAGE;
+        const std::uint64_t limit =
+            package ? m_options.max_package_bytes : m_options.max_model_bytes;
+        if (header.size() > limit) {
+            // Refused before a byte is stored; final, not worth a retry.
+            const std::string message =
+                "upload of " + kind_name(header.kind()) + " " + short_id(header.sha256()) + ": " +
+                util::format_byte_size(header.size()) + " is above the combiner's limit of " +
+                util::format_byte_size(limit) + " for a " + kind_name(header.kind()) +
+                (package ? " (--max-package-size)" : " (--max-model-size)");
+            log(message + "; refused (" + caller.label() + ")");
+            return {grpc::StatusCode::INVALID_ARGUMENT, message};
+        }
     }
     if (caller.is_client() && !caller.token_id.empty()) {
         // A client uploads the updates of its own tasks, nothing else.
@@ -135,6 +151,27 @@ grpc::Status CombinerCore::upload(grpc::ServerContext* context,
         return {grpc::StatusCode::INVALID_ARGUMENT, failure.what()};
     }
     return grpc::Status::OK;
+}
+
+grpc::Status CombinerCore::begin_transfer(const Caller& caller) {
+    if (!caller.is_client() || caller.token_id.empty()) return grpc::Status::OK;
+    std::lock_guard lock(m_mutex);
+    std::size_t& open = m_open_transfers[caller.token_id];
+    if (open >= m_options.max_transfers_per_client) {
+        return {grpc::StatusCode::RESOURCE_EXHAUSTED,
+                caller.label() + " already has " + std::to_string(open) +
+                    " transfers open, the combiner's limit per client (--max-transfers-per-client)"
+                    "; try again when one has finished"};
+    }
+    ++open;
+    return grpc::Status::OK;
+}
+
+void CombinerCore::end_transfer(const Caller& caller) {
+    if (!caller.is_client() || caller.token_id.empty()) return;
+    std::lock_guard lock(m_mutex);
+    auto found = m_open_transfers.find(caller.token_id);
+    if (found != m_open_transfers.end() && --found->second == 0) m_open_transfers.erase(found);
 }
 
 grpc::Status CombinerCore::download(grpc::ServerContext* context,

@@ -2069,10 +2069,12 @@ namespace {
 /// A combiner with authentication on, and stubs that present a given token.
 class SecuredCombiner {
   public:
-    SecuredCombiner() {
+    explicit SecuredCombiner(
+        const std::function<void(fedcli::combiner::Options&)>& configure = {}) {
         options.port = 0;
         options.data_dir = dir / "data";
         options.log = &log;
+        if (configure) configure(options);
         combiner = std::make_unique<fedcli::combiner::Combiner>(options);
         combiner->start();
         admin_token = fedcli::test::read_file(options.data_dir / "admin.token");
@@ -2362,4 +2364,52 @@ TEST_CASE("access tokens: a client token acts only as its own client", "[combine
     CHECK_FALSE(again.welcomed);
     CHECK(again.status.error_code() == grpc::StatusCode::UNAUTHENTICATED);
     CHECK_THAT(again.status.error_message(), Catch::Contains("was revoked"));
+}
+
+TEST_CASE("limits: a client token has at most max_transfers_per_client transfers open",
+          "[combiner][limits]") {
+    SecuredCombiner server(
+        [](fedcli::combiner::Options& options) { options.max_transfers_per_client = 1; });
+    const std::string token = server.create_token(v1::TOKEN_ROLE_CLIENT);
+    TokenStream client(server, token, "client-a");
+    REQUIRE(client.welcomed);
+    const fs::path seed = server.dir / "seed.npz";
+    npz::write_npz(seed, make_model(1.0f));
+    auto admin_transfer = v1::Transfer::NewStub(server.channel(server.admin_token));
+    UploadCall seeded = upload(*admin_transfer, v1::TRANSFER_KIND_MODEL, seed);
+    REQUIRE(seeded.status.ok());
+
+    auto transfer = v1::Transfer::NewStub(server.channel(token));
+    auto download = [&](v1::Transfer::Stub* stub = nullptr) {
+        grpc::ClientContext context;
+        v1::DownloadRequest request;
+        request.set_kind(v1::TRANSFER_KIND_MODEL);
+        request.set_id(seeded.result.id());
+        auto reader = (stub ? stub : transfer.get())->Download(&context, request);
+        v1::DownloadChunk chunk;
+        while (reader->Read(&chunk)) {
+        }
+        return reader->Finish();
+    };
+    REQUIRE(download().ok());
+
+    // An upload that has not sent its header yet holds the client's only slot.
+    grpc::ClientContext held_context;
+    v1::UploadResult held_result;
+    auto held = transfer->Upload(&held_context, &held_result);
+    grpc::Status refused;
+    const auto deadline = std::chrono::steady_clock::now() + 10s;
+    // Each try is a real download: it succeeds until the server has taken the held
+    // upload's slot, and from then on it must be refused.
+    do {
+        refused = download();
+    } while (refused.ok() && std::chrono::steady_clock::now() < deadline);
+    REQUIRE(refused.error_code() == grpc::StatusCode::RESOURCE_EXHAUSTED);
+    CHECK_THAT(refused.error_message(), Catch::Contains("--max-transfers-per-client"));
+
+    // The admin is not counted; once the held upload ends the slot is free again.
+    CHECK(download(admin_transfer.get()).ok());
+    held->WritesDone();
+    CHECK(held->Finish().error_code() == grpc::StatusCode::CANCELLED);
+    CHECK(download().ok());
 }
