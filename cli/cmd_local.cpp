@@ -277,16 +277,13 @@ class LocalRun {
     void build_seed();
     void start_combiner();
     void start_clients();
-    void wait_for_clients();
+    /// False when Ctrl-C came first.
+    bool wait_for_clients();
     std::string start_session();
     int follow(const std::string& session_id);
     void write_results(const std::string& session_id);
     /// Throws when a client daemon ended on its own (naming its log).
     void check_clients() const;
-    bool interrupted() const {
-        pollfd wait{m_interrupt.fd(), POLLIN, 0};
-        return ::poll(&wait, 1, 0) > 0;
-    }
     /// Waits up to `milliseconds` for Ctrl-C; true when it came.
     bool wait_interrupt(int milliseconds) const {
         pollfd wait{m_interrupt.fd(), POLLIN, 0};
@@ -479,7 +476,7 @@ void LocalRun::check_clients() const {
     }
 }
 
-void LocalRun::wait_for_clients() {
+bool LocalRun::wait_for_clients() {
     const auto deadline = std::chrono::steady_clock::now() +
                           std::chrono::milliseconds(std::llround(m_options.ready_timeout * 1000));
     std::size_t shown = SIZE_MAX;
@@ -496,14 +493,14 @@ void LocalRun::wait_for_clients() {
             m_out.flush();
             shown = ready;
         }
-        if (ready >= static_cast<std::size_t>(m_options.clients)) return;
+        if (ready >= static_cast<std::size_t>(m_options.clients)) return true;
         if (std::chrono::steady_clock::now() > deadline) {
             throw Error("only " + std::to_string(ready) + " of " +
                         std::to_string(m_options.clients) + " clients were ready after " +
                         duration_text(m_options.ready_timeout) + "; see the logs in " +
                         (m_out_dir / "logs").string());
         }
-        if (wait_interrupt(200)) throw Error("interrupted while the clients started");
+        if (wait_interrupt(200)) return false;
     }
 }
 
@@ -697,7 +694,12 @@ int LocalRun::run() {
     build_seed();
     start_combiner();
     start_clients();
-    wait_for_clients();
+    if (!wait_for_clients()) {
+        m_out << "interrupted before the session started: stopping the clients and the "
+                 "combiner\n";
+        m_federation.stop();
+        return 128 + m_interrupt.signal();
+    }
     const std::string session_id = start_session();
     int code = k_exit_success;
     std::optional<Error> failure;
