@@ -12,6 +12,7 @@
 #include <chrono>
 #include <condition_variable>
 #include <filesystem>
+#include <fstream>
 #include <functional>
 #include <map>
 #include <memory>
@@ -2373,43 +2374,46 @@ TEST_CASE("limits: a client token has at most max_transfers_per_client transfers
     const std::string token = server.create_token(v1::TOKEN_ROLE_CLIENT);
     TokenStream client(server, token, "client-a");
     REQUIRE(client.welcomed);
-    const fs::path seed = server.dir / "seed.npz";
-    npz::write_npz(seed, make_model(1.0f));
+    // 32 MiB: far more than the stream's flow-control window, so a download that is not
+    // read stays open on the server.
+    const fs::path big = server.dir / "big.bin";
+    {
+        std::ofstream stream(big, std::ios::binary);
+        const std::string block(1 << 20, 'x');
+        for (int i = 0; i < 32; ++i) stream << block;
+    }
     auto admin_transfer = v1::Transfer::NewStub(server.channel(server.admin_token));
-    UploadCall seeded = upload(*admin_transfer, v1::TRANSFER_KIND_MODEL, seed);
-    REQUIRE(seeded.status.ok());
+    UploadCall stored = upload(*admin_transfer, v1::TRANSFER_KIND_MODEL, big);
+    REQUIRE(stored.status.ok());
 
     auto transfer = v1::Transfer::NewStub(server.channel(token));
-    auto download = [&](v1::Transfer::Stub* stub = nullptr) {
+    v1::DownloadRequest request;
+    request.set_kind(v1::TRANSFER_KIND_MODEL);
+    request.set_id(stored.result.id());
+    auto download = [&](v1::Transfer::Stub& stub) {
         grpc::ClientContext context;
-        v1::DownloadRequest request;
-        request.set_kind(v1::TRANSFER_KIND_MODEL);
-        request.set_id(seeded.result.id());
-        auto reader = (stub ? stub : transfer.get())->Download(&context, request);
+        auto reader = stub.Download(&context, request);
         v1::DownloadChunk chunk;
         while (reader->Read(&chunk)) {
         }
         return reader->Finish();
     };
-    REQUIRE(download().ok());
 
-    // An upload that has not sent its header yet holds the client's only slot.
+    // A download that has sent its first chunk holds the client's only slot.
     grpc::ClientContext held_context;
-    v1::UploadResult held_result;
-    auto held = transfer->Upload(&held_context, &held_result);
-    grpc::Status refused;
-    const auto deadline = std::chrono::steady_clock::now() + 10s;
-    // Each try is a real download: it succeeds until the server has taken the held
-    // upload's slot, and from then on it must be refused.
-    do {
-        refused = download();
-    } while (refused.ok() && std::chrono::steady_clock::now() < deadline);
+    auto held = transfer->Download(&held_context, request);
+    v1::DownloadChunk chunk;
+    REQUIRE(held->Read(&chunk));
+    grpc::Status refused = download(*transfer);
     REQUIRE(refused.error_code() == grpc::StatusCode::RESOURCE_EXHAUSTED);
     CHECK_THAT(refused.error_message(), Catch::Contains("--max-transfers-per-client"));
+    // The admin is not counted.
+    CHECK(download(*admin_transfer).ok());
 
-    // The admin is not counted; once the held upload ends the slot is free again.
-    CHECK(download(admin_transfer.get()).ok());
-    held->WritesDone();
-    CHECK(held->Finish().error_code() == grpc::StatusCode::CANCELLED);
-    CHECK(download().ok());
+    // Once the held download is read to its end the slot is free again (the server gives
+    // it back before it sends the call's status).
+    while (held->Read(&chunk)) {
+    }
+    REQUIRE(held->Finish().ok());
+    CHECK(download(*transfer).ok());
 }
