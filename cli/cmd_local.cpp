@@ -508,19 +508,7 @@ std::string LocalRun::start_session() {
     auto config = aggregate::Config::from_items(m_options.config);
     nlohmann::ordered_json aggregator_config = nlohmann::ordered_json::object();
     for (const auto& [key, value] : config.values()) aggregator_config[key] = value;
-    nlohmann::ordered_json settings = nlohmann::ordered_json::object();
-    for (const std::string& item : m_options.settings) {
-        auto equals = item.find('=');
-        if (equals == std::string::npos || equals == 0) {
-            throw UsageError("--settings '" + item + "': expected KEY=VALUE", "fedcli local");
-        }
-        const std::string value = item.substr(equals + 1);
-        try {
-            settings[item.substr(0, equals)] = nlohmann::ordered_json::parse(value);
-        } catch (const nlohmann::json::exception&) {
-            settings[item.substr(0, equals)] = value;
-        }
-    }
+    const nlohmann::ordered_json settings = parse_settings(m_options.settings, "fedcli local");
     v1::StartSessionRequest request;
     v1::SessionConfig& session = *request.mutable_config();
     session.set_rounds(static_cast<std::uint32_t>(m_options.rounds));

@@ -288,6 +288,8 @@ struct SessionStartOptions {
 constexpr long long k_max_round_retries = 100;
 constexpr long long k_max_client_failures = 10000;
 
+}  // namespace
+
 /// `--settings` items: KEY=VALUE (VALUE as JSON when it parses, else a string) or a whole
 /// JSON object; later items win.
 nlohmann::ordered_json parse_settings(const std::vector<std::string>& items,
@@ -327,6 +329,8 @@ nlohmann::ordered_json parse_settings(const std::vector<std::string>& items,
     }
     return settings;
 }
+
+namespace {
 
 /// Checks the straggler and failure settings; throws UsageError naming the option.
 void check_round_policy(const SessionStartOptions& options, const std::string& command) {

@@ -5,6 +5,9 @@
 // Thread-safety: pure functions.
 #pragma once
 
+#include <nlohmann/json.hpp>
+#include <vector>
+
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -15,6 +18,11 @@ namespace fedcli::cli {
 
 /// "round 7 (3/5, try 2)": the round id and its place in the session's `total` rounds
 /// ("round 7" alone when the combiner did not fill session_round; no "/total" when 0).
+/// `--settings` items (KEY=VALUE, VALUE parsed as JSON when it is, or whole JSON
+/// objects) as one JSON object; UsageError naming `command` for a malformed item.
+nlohmann::ordered_json parse_settings(const std::vector<std::string>& items,
+                                      const std::string& command);
+
 std::string round_position_text(const fedcli::v1::RoundInfo& round, std::uint32_t total);
 
 /// The lines `session status --watch` draws on a terminal for `status` at `now_unix_ms`:
