@@ -2,6 +2,7 @@
 
 #include <CLI/CLI.hpp>
 #include <algorithm>
+#include <cstdlib>
 #include <exception>
 #include <iostream>
 #include <memory>
@@ -140,6 +141,19 @@ void print_usage_error(std::ostream& err, const std::string& message, const std:
         << "run '" << command << " --help' for usage\n";
 }
 
+/// True when FEDCLI_PARSE_ONLY asks run() to stop after parsing.
+bool parse_only_requested() {
+    const char* value = std::getenv(k_parse_only_env);
+    return value && *value && std::string_view(value) != "0";
+}
+
+/// Parse-only mode's answer for a command line that parsed: the command it selected.
+int report_parsed(const CLI::App& command, std::ostream& out) {
+    out << "parsed: " << command_path(command) << '\n';
+    out.flush();
+    return k_exit_success;
+}
+
 /// Builds the command tree: the root app with --help, --version and every group.
 std::unique_ptr<CLI::App> make_app(Dispatch& dispatch) {
     auto app = std::make_unique<CLI::App>(std::string(k_description), std::string(k_program));
@@ -198,6 +212,7 @@ int run(int argc, char** argv) {
 
 int run(std::vector<std::string> args, std::ostream& out, std::ostream& err) {
     int exit_code = k_exit_failure;
+    const bool parse_only = parse_only_requested();
     try {
         Dispatch dispatch{{out, err}, {}};
         auto app = make_app(dispatch);
@@ -206,6 +221,7 @@ int run(std::vector<std::string> args, std::ostream& out, std::ostream& err) {
             std::reverse(args.begin(), args.end());  // CLI11 consumes arguments from the back
             app->parse(args);
         } catch (const CLI::Success& success) {  // --help, --version
+            if (parse_only) return report_parsed(selected_command(*app), out);
             exit_code = app->exit(success, out, err);
             out.flush();
             return exit_code;
@@ -221,6 +237,7 @@ int run(std::vector<std::string> args, std::ostream& out, std::ostream& err) {
         if (!dispatch.selected) {
             const CLI::App& group = selected_command(*app);
             if (&group == app.get()) {  // `fedcli` alone
+                if (parse_only) return report_parsed(group, out);
                 out << app->help();
                 out.flush();
                 return k_exit_success;
@@ -231,6 +248,7 @@ int run(std::vector<std::string> args, std::ostream& out, std::ostream& err) {
                 << '\n';
             return k_exit_usage;
         }
+        if (parse_only) return report_parsed(selected_command(*app), out);
         exit_code = dispatch.selected();
     } catch (const UsageError& error) {
         print_usage_error(err, error.what(), error.command());

@@ -4,6 +4,8 @@
 #include <grpcpp/grpcpp.h>
 
 #include <catch2/catch.hpp>
+#include <cstdlib>
+#include <filesystem>
 #include <nlohmann/json.hpp>
 #include <sstream>
 
@@ -179,6 +181,70 @@ TEST_CASE("parse errors come out as fedcli: error: with a hint", "[cli]") {
         auto result = run_cli({"model", "inspect", "a.npz", "b.npz"});
         CHECK(result.exit_code == 2);
         CHECK(contains(result.err, "fedcli: error: unexpected argument 'b.npz'"));
+    }
+}
+
+/// Sets FEDCLI_PARSE_ONLY to `value` for the lifetime of the object, then unsets it.
+class ParseOnly {
+  public:
+    explicit ParseOnly(const char* value = "1") {
+        ::setenv(fedcli::cli::k_parse_only_env, value, 1);
+    }
+    ~ParseOnly() { ::unsetenv(fedcli::cli::k_parse_only_env); }
+    ParseOnly(const ParseOnly&) = delete;
+    ParseOnly& operator=(const ParseOnly&) = delete;
+};
+
+TEST_CASE("FEDCLI_PARSE_ONLY parses the command line and runs nothing", "[cli]") {
+    TempDir temp;
+    SECTION("a good line prints the command it selected and exits 0") {
+        ParseOnly parse_only;
+        // Without parse-only this would dial a combiner at 127.0.0.1:12080.
+        auto result = run_cli({"session", "start", "--rounds", "3", "--min-clients", "2",
+                               "--validate", "--combiner", "HOST:PORT"});
+        CHECK(result.exit_code == 0);
+        CHECK(result.out == "parsed: fedcli session start\n");
+        CHECK(result.err.empty());
+    }
+    SECTION("the command does not run") {
+        ParseOnly parse_only;
+        auto result =
+            run_cli({"project", "init", (temp / "myproj").string(), "--template", "numpy"});
+        CHECK(result.exit_code == 0);
+        CHECK(result.out == "parsed: fedcli project init\n");
+        CHECK_FALSE(std::filesystem::exists(temp / "myproj"));
+    }
+    SECTION("files named on the line need not exist") {
+        ParseOnly parse_only;
+        auto result = run_cli({"model", "inspect", (temp / "missing.npz").string(), "--json"});
+        CHECK(result.exit_code == 0);
+        CHECK(result.err.empty());
+    }
+    SECTION("--help and --version are valid and print only the command") {
+        ParseOnly parse_only;
+        auto result = run_cli({"model", "inspect", "--help"});
+        CHECK(result.exit_code == 0);
+        CHECK(result.out == "parsed: fedcli model inspect\n");
+        result = run_cli({"--version"});
+        CHECK(result.exit_code == 0);
+        CHECK(result.out == "parsed: fedcli\n");
+    }
+    SECTION("a wrong line fails as usual with exit code 2") {
+        ParseOnly parse_only;
+        auto result = run_cli({"session", "start", "--rounds", "3", "--bogus-flag"});
+        CHECK(result.exit_code == 2);
+        CHECK(result.out.empty());
+        CHECK(contains(result.err, "fedcli: error: unknown option '--bogus-flag'"));
+        CHECK(run_cli({"sesion", "start"}).exit_code == 2);
+        CHECK(run_cli({"session", "start", "--rounds", "many"}).exit_code == 2);
+        CHECK(run_cli({"model", "inspect"}).exit_code == 2);
+        CHECK(run_cli({"model"}).exit_code == 2);
+    }
+    SECTION("FEDCLI_PARSE_ONLY=0 runs the command") {
+        ParseOnly parse_only("0");
+        auto result = run_cli({"model", "inspect", (temp / "missing.npz").string()});
+        CHECK(result.exit_code == 1);
+        CHECK(contains(result.err, "missing.npz"));
     }
 }
 
