@@ -106,15 +106,6 @@ fs::path default_out_dir() {
     return candidate;
 }
 
-/// This program, to start the client daemons with.
-fs::path self_executable() {
-    std::error_code error;
-    fs::path self = fs::read_symlink("/proc/self/exe", error);
-    if (error)
-        throw Error("cannot find the fedcli executable (/proc/self/exe): " + error.message());
-    return self;
-}
-
 /// Writes `text` to `file` through a temporary name.
 void write_file(const fs::path& file, const std::string& text) {
     fs::path temporary = file;
@@ -423,7 +414,7 @@ void LocalRun::start_combiner() {
 }
 
 void LocalRun::start_clients() {
-    const fs::path self = self_executable();
+    const fs::path self = dispatch::self_executable();
     step("starting " + plural(m_options.clients, "client") + " (logs in " +
          (m_out_dir / "logs").string() + ")");
     for (int i = 0; i < m_options.clients; ++i) {

@@ -163,6 +163,9 @@ RunResult run_entry_point(const project::Project& project, std::string_view entr
     Environment environment = Environment::inherited();
     environment.set("FEDCLI_PROJECT_DIR", project.directory.string());
     environment.set("FEDCLI_ENTRY_POINT", name);
+    if (!environment.find("FEDCLI_EXECUTABLE")) {
+        environment.set("FEDCLI_EXECUTABLE", self_executable().string());
+    }
     environment.unset("FEDCLI_INPUT");
     environment.unset("FEDCLI_OUTPUT");
     if (result.input) environment.set("FEDCLI_INPUT", result.input->string());

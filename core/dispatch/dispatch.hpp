@@ -21,6 +21,7 @@
 // Environment: this process's environment plus (variables the request does not set keep
 // their inherited value, so they can be set by hand):
 //   FEDCLI_PROJECT_DIR, FEDCLI_ENTRY_POINT      always
+//   FEDCLI_EXECUTABLE                           the running program (fedcli), unless set
 //   FEDCLI_INPUT, FEDCLI_OUTPUT                 when the entry point takes them
 //   FEDCLI_CLIENT_NAME, FEDCLI_CLIENT_INDEX (0-based), FEDCLI_NUM_CLIENTS, FEDCLI_ROUND,
 //   FEDCLI_DATA_PATH, FEDCLI_SEED               when set in the request

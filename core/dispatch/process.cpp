@@ -576,6 +576,15 @@ std::string signal_name(int signal) {
     return "signal " + std::to_string(signal);
 }
 
+fs::path self_executable() {
+    std::error_code error;
+    fs::path self = fs::read_symlink("/proc/self/exe", error);
+    if (error) {
+        throw Error("cannot find the fedcli executable (/proc/self/exe): " + error.message());
+    }
+    return self;
+}
+
 std::optional<fs::path> find_executable(const std::string& program,
                                         const std::string& path_variable,
                                         const fs::path& working_directory) {

@@ -166,6 +166,10 @@ std::optional<std::filesystem::path> find_executable(
     const std::string& program, const std::string& path_variable,
     const std::filesystem::path& working_directory);
 
+/// The running program's own executable (/proc/self/exe); throws fedcli::Error when it
+/// cannot be read.
+std::filesystem::path self_executable();
+
 /// "SIGKILL" for 9, "signal 64" when unnamed.
 std::string signal_name(int signal);
 

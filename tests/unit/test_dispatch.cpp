@@ -700,6 +700,7 @@ TEST_CASE("entry points run in the project folder with absolute file arguments",
     ScopedVariable stale("FEDCLI_INPUT", std::string("stale"));
     ScopedVariable no_python("FEDCLI_PYTHON", std::nullopt);
     ScopedVariable by_hand("FEDCLI_ROUND", std::string("1"));
+    ScopedVariable no_executable("FEDCLI_EXECUTABLE", std::nullopt);
     RunResult result = run_entry_point(project, "validate", request);
 
     json report = json::parse(read_file(dir / "out dir" / "result file.json"));
@@ -711,6 +712,8 @@ TEST_CASE("entry points run in the project folder with absolute file arguments",
     const json& env = report["env"];
     CHECK(env["FEDCLI_PROJECT_DIR"] == project_dir.string());
     CHECK(env["FEDCLI_ENTRY_POINT"] == "validate");
+    // The running program (here the test binary), for entry points that call fedcli back.
+    CHECK(env["FEDCLI_EXECUTABLE"] == fs::read_symlink("/proc/self/exe").string());
     CHECK(env["FEDCLI_INPUT"] == (dir / "in dir" / "seed model.npz").string());
     CHECK(env["FEDCLI_OUTPUT"] == (dir / "out dir" / "result file.json").string());
     CHECK(env["FEDCLI_CLIENT_NAME"] == "client 1");
