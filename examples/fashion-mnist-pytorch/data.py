@@ -18,11 +18,18 @@ dirichlet: for each class, the class's examples are shuffled and divided among t
 in proportions drawn from Dirichlet(alpha, ..., alpha) (Hsu et al. 2019), redrawn until
 every client has at least 10 examples. The share is cached in FEDCLI_DATA_PATH (a folder;
 default data/ in the project) under a name that holds every setting.
+
+The random draws come from the 64-bit Mersenne Twister (C++'s std::mt19937_64) through the
+small, fully specified distributions in Random below, the same ones as in
+examples/fashion-mnist-libtorch/data.cpp: both examples compute the same split for the same
+settings, so their results can be compared run for run, and clients of either kind can join
+one federation.
 """
 
 import runtime  # noqa: F401  (thread limits before numpy)
 
 import gzip
+import math
 import os
 
 import numpy as np
@@ -68,34 +75,120 @@ def settings():
             "max_examples": max_examples, "index": index, "count": count}
 
 
+class Random:
+    """std::mt19937_64 and the distributions of the C++ example, draw for draw."""
+
+    MASK = (1 << 64) - 1
+
+    def __init__(self, seed):
+        state = [seed & self.MASK]
+        for i in range(1, 312):
+            previous = state[-1]
+            state.append((6364136223846793005 * (previous ^ (previous >> 62)) + i) & self.MASK)
+        self.state, self.position = state, 312
+
+    def _twist(self):
+        state = self.state
+        for i in range(312):
+            y = (state[i] & 0xFFFFFFFF80000000) | (state[(i + 1) % 312] & 0x7FFFFFFF)
+            state[i] = state[(i + 156) % 312] ^ (y >> 1) ^ (0xB5026F5AA96619E9 if y & 1 else 0)
+        self.position = 0
+
+    def next(self):
+        if self.position >= 312:
+            self._twist()
+        x = self.state[self.position]
+        self.position += 1
+        x ^= (x >> 29) & 0x5555555555555555
+        x ^= (x << 17) & 0x71D67FFFEDA60000
+        x ^= (x << 37) & 0xFFF7EEE000000000
+        x ^= x >> 43
+        return x & self.MASK
+
+    def uniform(self):
+        """Uniform in [0, 1) with 53 random bits."""
+        return (self.next() >> 11) * 2.0 ** -53
+
+    def below(self, bound):
+        """Uniform in [0, bound), by rejection."""
+        limit = self.MASK - self.MASK % bound
+        while True:
+            value = self.next()
+            if value < limit:
+                return value % bound
+
+    def normal(self):
+        u = 1.0 - self.uniform()
+        return math.sqrt(-2.0 * math.log(u)) * math.cos(2.0 * math.pi * self.uniform())
+
+    def gamma(self, shape):
+        """Gamma(shape, 1): Marsaglia and Tsang (2000), boosted for shape < 1."""
+        if shape < 1.0:
+            boosted = self.gamma(shape + 1.0)
+            return boosted * math.pow(1.0 - self.uniform(), 1.0 / shape)
+        d = shape - 1.0 / 3.0
+        c = 1.0 / math.sqrt(9.0 * d)
+        while True:
+            x = self.normal()
+            v = 1.0 + c * x
+            if v <= 0:
+                continue
+            v = v * v * v
+            u = 1.0 - self.uniform()
+            if math.log(u) < 0.5 * x * x + d - d * v + d * math.log(v):
+                return d * v
+
+    def shuffle(self, values):
+        """Fisher-Yates, in place, on a list."""
+        for i in range(len(values), 1, -1):
+            j = self.below(i)
+            values[i - 1], values[j] = values[j], values[i - 1]
+        return values
+
+
+def round_half_away(x):
+    """C's llround for x >= 0."""
+    whole = math.floor(x)
+    return int(whole) + (1 if x - whole >= 0.5 else 0)
+
+
 def partition(labels, count, scheme="iid", alpha=0.5, seed=0):
     """Splits range(len(labels)) into `count` disjoint sorted index arrays covering it all.
 
     Depends only on its arguments, so every client computes the same split.
     """
-    rng = np.random.default_rng(seed)
+    random = Random(seed)
+    n = len(labels)
     if scheme == "iid":
-        return [np.sort(part) for part in np.array_split(rng.permutation(len(labels)), count)]
-    if len(labels) < MIN_SHARE * count:
-        raise SystemExit("%d examples are too few for %d clients" % (len(labels), count))
-    classes = np.unique(labels)
+        order = random.shuffle(list(range(n)))
+        return [np.sort(np.array(order[n * i // count:n * (i + 1) // count], dtype=np.int64))
+                for i in range(count)]
+    if n < MIN_SHARE * count:
+        raise SystemExit("%d examples are too few for %d clients" % (n, count))
+    classes = [np.flatnonzero(labels == label).tolist() for label in np.unique(labels)]
     for _ in range(1000):
         shares = [[] for _ in range(count)]
-        for label in classes:
-            members = rng.permutation(np.flatnonzero(labels == label))
-            proportions = rng.dirichlet(np.full(count, alpha))
-            cuts = np.round(np.cumsum(proportions)[:-1] * len(members)).astype(int)
-            for share, part in zip(shares, np.split(members, cuts)):
-                share.append(part)
-        shares = [np.sort(np.concatenate(share)) for share in shares]
+        for members in classes:
+            members = random.shuffle(list(members))
+            proportions = [random.gamma(alpha) for _ in range(count)]
+            total = sum(proportions)  # left to right, as the C++ loop adds them
+            cumulative, begin = 0.0, 0
+            for i in range(count):
+                cumulative += proportions[i] / total
+                end = len(members) if i + 1 == count else min(
+                    len(members), round_half_away(cumulative * len(members)))
+                end = max(end, begin)
+                shares[i].extend(members[begin:end])
+                begin = end
         if min(len(share) for share in shares) >= MIN_SHARE:
-            return shares
+            return [np.sort(np.array(share, dtype=np.int64)) for share in shares]
     raise SystemExit("no Dirichlet(%g) split of %d examples gives each of %d clients %d "
-                     "examples; raise FEDCLI_ALPHA" % (alpha, len(labels), count, MIN_SHARE))
+                     "examples; raise FEDCLI_ALPHA" % (alpha, n, count, MIN_SHARE))
 
 
 def share_path(config):
-    name = "client-%d-of-%d-%s" % (config["index"], config["count"], config["scheme"])
+    # "share-": shares cached by earlier versions (another split) are not reused.
+    name = "share-client-%d-of-%d-%s" % (config["index"], config["count"], config["scheme"])
     if config["scheme"] == "dirichlet":
         name += "-alpha%g" % config["alpha"]
     name += "-seed%d" % config["seed"]
@@ -118,8 +211,9 @@ def prepare():
     limit = config["max_examples"]
     if limit:
         # A random subset keeps the share's label mix; the test set keeps its first ones.
-        subset = np.random.default_rng([config["seed"], config["index"]]).permutation(share)
-        share = np.sort(subset[:limit])
+        stream = (config["seed"] * 1000003 + config["index"]) & Random.MASK
+        subset = Random(stream).shuffle(share.tolist())
+        share = np.sort(np.array(subset[:limit], dtype=np.int64))
         x_test, y_test = x_test[:limit], y_test[:limit]
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     sdk.save_parameters({"index": share, "x_train": x_train[share], "y_train": y_train[share],

@@ -4,6 +4,7 @@
 # Skipped (exit 77, ctest SKIP_RETURN_CODE) where Debian's dataset-fashion-mnist or torch
 # for $PYTHON is missing.
 source "$(dirname "$0")/lib.sh"
+source "$(dirname "$0")/fashion_mnist.sh"
 EXAMPLE=$(cd "$(dirname "$0")/../../examples/fashion-mnist-pytorch" && pwd)
 DATASET=${FEDCLI_FASHION_MNIST:-/usr/share/datasets/fashion-mnist}
 
@@ -35,38 +36,7 @@ FEDCLI_MODEL=mlp run_fedcli run build "${flags[@]}" --output mlp.npz
 expect_rc 0
 expect_in out "mlp, 52650 parameters"
 
-run_fedcli run startup "${flags[@]}"
-expect_rc 0
-expect_in out "client 1/4 (dirichlet alpha 0.5, seed 3): 600 training examples"
-
-# train + validate on the subset, for each model; train is reproducible bit for bit.
-for model in seed mlp; do
-    run_fedcli run train "${flags[@]}" --input $model.npz --output $model-update.npz --round 2 \
-        --settings '{"epochs": 1, "batch_size": 32}'
-    expect_rc 0
-    expect_in out "examples   600"
-    run_fedcli run validate "${flags[@]}" --input $model-update.npz --output $model-metrics.json
-    expect_rc 0
-    "$PYTHON" -c 'import json, sys
-m = json.load(open(sys.argv[1]))
-for key in ("training_loss", "training_accuracy", "test_loss", "test_accuracy"):
-    assert isinstance(m[key], float), (key, m)
-assert m["training_examples"] == 600 and m["test_examples"] == 600, m
-assert m["training_accuracy"] > 0.15 and 0 < m["test_accuracy"] <= 1, m' $model-metrics.json || fail "validate metrics: $(cat $model-metrics.json)"
-done
-"$PYTHON" -c 'import json
-cnn, mlp = (json.load(open(f + "-update.npz-metadata")) for f in ("seed", "mlp"))
-assert cnn["model"] == "cnn" and cnn["optimizer"] == "sgd" and cnn["learning_rate"] == 0.01, cnn
-assert mlp["model"] == "mlp" and mlp["optimizer"] == "adam" and mlp["learning_rate"] == 0.001, mlp
-assert cnn["num_examples"] == 600 and cnn["round"] == 2 and cnn["steps"] == 19, cnn' ||
-    fail "train metadata: $(cat seed-update.npz-metadata mlp-update.npz-metadata)"
-run_fedcli run train "${flags[@]}" --input seed.npz --output again.npz --round 2 \
-    --settings '{"epochs": 1, "batch_size": 32}'
-expect_rc 0
-"$PYTHON" -c 'import sys, numpy as np
-a, b = np.load(sys.argv[1]), np.load(sys.argv[2])
-assert all(np.array_equal(a[k], b[k]) for k in a.files)' again.npz seed-update.npz ||
-    fail "the same round, client and seed gave a different update"
+check_example_contract
 
 # The seed model depends only on the seed; the partition, as every client computes it.
 "$PYTHON" - "$WORK/p" "$WORK/seed.npz" <<'PY' || fail "seed model or partition properties"
