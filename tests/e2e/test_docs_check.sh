@@ -1,13 +1,19 @@
-# Every fedcli command line in README.md and docs/*.md parses with the real binary, and the
+# Every fedcli command line in README.md, docs/*.md and examples/*/README.md parses with the real binary, and the
 # scripts, make targets and links the docs name exist (scripts/check-docs), so the docs
 # cannot rot. Fix a failure by correcting the doc line it names.
 source "$(dirname "$0")/lib.sh"
 root=$(cd "$(dirname "$0")/../.." && pwd)
 
-set +e
-"$PYTHON" "$root/scripts/check-docs" "$FEDCLI" >"$WORK/out" 2>"$WORK/err"
-RC=$?
-set -e
+# check_docs ARGS...: runs scripts/check-docs like run_fedcli runs fedcli ($WORK/out,
+# $WORK/err, $RC).
+check_docs() {
+    set +e
+    "$PYTHON" "$root/scripts/check-docs" "$@" >"$WORK/out" 2>"$WORK/err"
+    RC=$?
+    set -e
+}
+
+check_docs "$FEDCLI"
 expect_rc 0
 expect_in out "check-docs: "
 expect_in out " 0 failures"
@@ -27,10 +33,7 @@ done
 lines=$(wc -l <"$WORK/tree/docs/federation.md")
 printf '\n```sh\nFEDCLI_COMBINER=HOST:PORT fedcli session start --rounds 3 \\\n    --bogus-flag  # a mistake\n```\n' \
     >>"$WORK/tree/docs/federation.md"
-set +e
-"$PYTHON" "$root/scripts/check-docs" --root "$WORK/tree" "$FEDCLI" >"$WORK/out" 2>"$WORK/err"
-RC=$?
-set -e
+check_docs --root "$WORK/tree" "$FEDCLI"
 expect_rc 1
 expect_in out "docs/federation.md:$((lines + 3)): fedcli session start --rounds 3 --bogus-flag: unknown option '--bogus-flag'"
 expect_in out ", 1 failures"
@@ -47,10 +50,7 @@ $ build/cli/fedcli modle inspect x.npz 2>&1 | head
 fedcli: error: this line is output, not a command
 ```
 EOF
-set +e
-"$PYTHON" "$root/scripts/check-docs" --root "$WORK/tree" "$FEDCLI" >"$WORK/out" 2>"$WORK/err"
-RC=$?
-set -e
+check_docs --root "$WORK/tree" "$FEDCLI"
 expect_rc 1
 expect_in out "docs/extra.md:3: make no-such-target: no such target in the Makefile"
 expect_in out "docs/extra.md:3: scripts/no-such-script: no such script"
@@ -61,9 +61,6 @@ expect_in out ", 5 failures"
 # A binary without parse-only mode would run every command: the script refuses it.
 printf '#!/bin/sh\necho "fedcli 0.0.0"\n' >"$WORK/old-fedcli"
 chmod +x "$WORK/old-fedcli"
-set +e
-"$PYTHON" "$root/scripts/check-docs" "$WORK/old-fedcli" >"$WORK/out" 2>"$WORK/err"
-RC=$?
-set -e
+check_docs "$WORK/old-fedcli"
 expect_rc 1
 expect_in err "has no parse-only mode"
