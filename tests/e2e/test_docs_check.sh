@@ -1,6 +1,7 @@
-# Every fedcli command line in README.md, docs/*.md and examples/*/README.md parses with the real binary, and the
-# scripts, make targets and links the docs name exist (scripts/check-docs), so the docs
-# cannot rot. Fix a failure by correcting the doc line it names.
+# Every fedcli command line in README.md, docs/*.md and examples/*/README.md parses with
+# the real binary, and the scripts, make targets and links the docs name exist
+# (scripts/check-docs), so the docs cannot rot. Fix a failure by correcting the doc line it
+# names.
 source "$(dirname "$0")/lib.sh"
 root=$(cd "$(dirname "$0")/../.." && pwd)
 
