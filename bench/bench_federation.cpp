@@ -2,7 +2,7 @@
 // transfer throughput through the combiner against raw TCP loopback in the same run.
 //
 //   bench_federation [--fedcli PATH] [--python PY] [--rounds 4] [--quick]
-//                    [--throughput-target 0.5]
+//                    [--transfer-only] [--throughput-target 0.5]
 //
 // Rounds: for each configuration (N clients, model size) it starts `fedcli combiner start`
 // and N `fedcli client start --path echo` processes (an "echo" project whose train copies
@@ -11,12 +11,15 @@
 // reports the mean round time over the rounds after the first (from the combiner's round
 // start/close times), the combiner's peak RSS and the largest client peak RSS (VmHWM in
 // /proc/PID/status). Configurations: N=2 at 4 MB and 100 MB, N=8 at 100 MB, N=32 at 0.4 MB
-// (--quick: N=2 at 4 MB and N=8 at 4 MB only).
+// (--quick: N=2 at 4 MB and N=8 at 4 MB only; --transfer-only: none). These combiners run
+// --insecure (the echo clients have no tokens).
 //
 // Throughput: a 100 MB model pushed (Transfer.Upload, sha256 on both sides, written to the
 // combiner's store) and pulled (Transfer.Download into a verified file) with the same
-// helpers the commands use, best of 3, against one thread sending 1 GiB over a loopback
-// TCP socket to another that reads and discards it (best of 3), measured in the same run.
+// helpers the commands use, through a combiner that requires tokens (the admin token it
+// made), best of 3, against one thread sending 1 GiB over a loopback TCP socket to another
+// that reads and discards it (best of 3) and against SHA-256 on one core, all measured in
+// the same run.
 //
 // Targets (docs/benchmarks.md): upload and download >= --throughput-target of loopback;
 // combiner peak RSS <= 2 x model + 64 MiB. Exits 1 when a target is missed, 2 on a setup
@@ -62,6 +65,7 @@ struct Options {
     std::string python = "/usr/bin/python3";
     int rounds = 4;
     bool quick = false;
+    bool transfer_only = false;
     double throughput_target = 0.5;
 };
 
@@ -207,14 +211,25 @@ struct Combiner {
     std::string target;
     std::shared_ptr<grpc::Channel> channel;
 
-    Combiner(const Options& options, const fs::path& folder) {
+    /// With `authenticated`, the combiner requires tokens and the channel uses the admin
+    /// token it makes at start (transfers then pay for the token check, as in production);
+    /// otherwise it runs --insecure (the rounds' clients need no tokens).
+    Combiner(const Options& options, const fs::path& folder, bool authenticated = false) {
         fs::create_directories(folder);
         fs::path port_file = folder / "port";
-        process = std::make_unique<Process>(
-            std::vector<std::string>{options.fedcli, "combiner", "start", "--port", "0",
-                                     "--port-file", port_file.string(), "--data-dir",
-                                     (folder / "data").string(), "--heartbeat-interval", "0.5"},
-            folder / "combiner.log");
+        std::vector<std::string> argv{options.fedcli,
+                                      "combiner",
+                                      "start",
+                                      "--port",
+                                      "0",
+                                      "--port-file",
+                                      port_file.string(),
+                                      "--data-dir",
+                                      (folder / "data").string(),
+                                      "--heartbeat-interval",
+                                      "0.5"};
+        if (!authenticated) argv.push_back("--insecure");
+        process = std::make_unique<Process>(argv, folder / "combiner.log");
         auto start = Clock::now();
         while (!fs::exists(port_file)) {
             if (seconds_since(start) > 30) throw fedcli::Error("combiner did not start");
@@ -224,7 +239,13 @@ struct Combiner {
         int port = 0;
         in >> port;
         target = "127.0.0.1:" + std::to_string(port);
-        channel = fedcli::proto::make_channel(target);
+        fedcli::proto::ChannelOptions channel_options;
+        if (authenticated) {
+            std::ifstream token(folder / "data" / "admin.token");
+            token >> channel_options.token;
+            if (channel_options.token.empty()) throw fedcli::Error("no admin token written");
+        }
+        channel = fedcli::proto::make_channel(target, channel_options);
     }
 };
 
@@ -371,12 +392,14 @@ int main(int argc, char** argv) {
             options.rounds = std::max(2, std::stoi(value()));
         } else if (arg == "--quick") {
             options.quick = true;
+        } else if (arg == "--transfer-only") {
+            options.transfer_only = true;
         } else if (arg == "--throughput-target") {
             options.throughput_target = std::stod(value());
         } else {
             std::fprintf(stderr,
                          "usage: bench_federation [--fedcli PATH] [--python PY] [--rounds N] "
-                         "[--quick] [--throughput-target R]\n");
+                         "[--quick] [--transfer-only] [--throughput-target R]\n");
             return 2;
         }
     }
@@ -387,14 +410,14 @@ int main(int argc, char** argv) {
     try {
         fs::create_directories(base);
         // Throughput first, on an idle machine.
+        const std::uint64_t size = 100'000'000;
         double loopback = 0;
         for (int i = 0; i < 3; ++i) loopback = std::max(loopback, loopback_throughput(1ull << 30));
         const double sha256 = sha256_throughput();
-        const std::uint64_t size = 100'000'000;
         double upload = 0;
         double download = 0;
         {
-            Combiner combiner(options, base / "transfer");
+            Combiner combiner(options, base / "transfer", true);
             auto stub = v1::Transfer::NewStub(combiner.channel);
             for (int i = 0; i < 3; ++i) {
                 fs::path file = base / ("model-" + std::to_string(i) + ".npz");
@@ -427,24 +450,28 @@ int main(int argc, char** argv) {
              download / loopback >= options.throughput_target;
 
         std::vector<std::pair<int, std::uint64_t>> configurations =
-            options.quick
+            options.transfer_only ? std::vector<std::pair<int, std::uint64_t>>{}
+            : options.quick
                 ? std::vector<std::pair<int, std::uint64_t>>{{2, 4'000'000}, {8, 4'000'000}}
                 : std::vector<std::pair<int, std::uint64_t>>{
                       {2, 4'000'000}, {2, 100'000'000}, {8, 100'000'000}, {32, 400'000}};
-        std::printf("\nrounds (echo train, fedavg, %d rounds; mean of rounds 2..%d)\n",
-                    options.rounds, options.rounds);
-        std::printf("  %7s  %9s  %9s  %9s  %13s  %11s  %11s\n", "clients", "model", "round",
-                    "first", "combiner peak", "limit", "client peak");
-        for (auto [clients, bytes] : configurations) {
-            RoundResult result = run_rounds(options, base, clients, bytes);
-            std::uint64_t limit = 2 * bytes + (64ull << 20);
-            bool within = result.combiner_peak <= limit;
-            ok = ok && within;
-            std::printf("  %7d  %6.1f MB  %7.2f s  %7.2f s  %9.0f MiB  %7.0f MiB%s  %7.0f MiB\n",
-                        clients, static_cast<double>(bytes) / 1e6, result.mean_round_s,
-                        result.first_round_s, mib(result.combiner_peak), mib(limit),
-                        within ? " " : "!", mib(result.client_peak));
-            std::fflush(stdout);
+        if (!configurations.empty()) {
+            std::printf("\nrounds (echo train, fedavg, %d rounds; mean of rounds 2..%d)\n",
+                        options.rounds, options.rounds);
+            std::printf("  %7s  %9s  %9s  %9s  %13s  %11s  %11s\n", "clients", "model", "round",
+                        "first", "combiner peak", "limit", "client peak");
+            for (auto [clients, bytes] : configurations) {
+                RoundResult result = run_rounds(options, base, clients, bytes);
+                std::uint64_t limit = 2 * bytes + (64ull << 20);
+                bool within = result.combiner_peak <= limit;
+                ok = ok && within;
+                std::printf(
+                    "  %7d  %6.1f MB  %7.2f s  %7.2f s  %9.0f MiB  %7.0f MiB%s  %7.0f MiB\n",
+                    clients, static_cast<double>(bytes) / 1e6, result.mean_round_s,
+                    result.first_round_s, mib(result.combiner_peak), mib(limit), within ? " " : "!",
+                    mib(result.client_peak));
+                std::fflush(stdout);
+            }
         }
         std::printf("\n%s\n", ok ? "all targets met"
                                  : "target missed (ratio below target, or '!': combiner peak "

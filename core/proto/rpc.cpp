@@ -423,8 +423,8 @@ UploadOutcome upload_file(v1::Transfer::Stub& stub, v1::TransferKind kind,
             stream_ok = writer->Write(chunk);
         }
         if (stream_ok) {
-            // The chunker's buffer and the message are the only copies: 1 MiB each.
-            // Hashed already (the header carries the digest): no second SHA-256 pass.
+            // The message's bytes field is the only buffer (1 MiB, reused; the chunker reads
+            // into it). Hashed already (the header carries the digest): no second pass.
             FileChunker chunker(file, offset, k_default_chunk_size, false);
             if (chunker.size() != size) {
                 throw Error(description + ": the file changed size while being uploaded");
@@ -433,8 +433,7 @@ UploadOutcome upload_file(v1::Transfer::Stub& stub, v1::TransferKind kind,
             while (!chunker.done()) {
                 v1::DataChunk* data = chunk.mutable_data();
                 data->set_offset(chunker.offset());
-                std::string_view view = chunker.next_view();
-                data->set_data(view.data(), view.size());
+                chunker.next_into(*data->mutable_data());
                 if (!writer->Write(chunk)) {
                     stream_ok = false;
                     break;
@@ -511,8 +510,10 @@ DownloadOutcome download_file(v1::Transfer::Stub& stub, v1::TransferKind kind,
                 problem = "asked to resume at byte " + std::to_string(offset) +
                           ", server starts at " + std::to_string(header.offset());
             } else {
+                // Pipelined: chunks are written and hashed on the receiver's thread while
+                // this one reads the next (bench_federation: 1.2-1.9x faster on 2 cores).
                 receiver.emplace(destination, header.size(), header.sha256(), description,
-                                 offset > 0 ? Resume::yes : Resume::no);
+                                 offset > 0 ? Resume::yes : Resume::no, Fsync::no, Pipeline::yes);
                 if (receiver->bytes_received() != offset) {
                     // The .part changed under us (or was longer than the file and dropped).
                     problem = "partial file holds " + std::to_string(receiver->bytes_received()) +
@@ -588,8 +589,8 @@ grpc::Status serve_download(grpc::ServerContext* context,
             }
             auto* data = message.mutable_data();
             data->set_offset(chunker.offset());
-            auto view = chunker.next_view();
-            data->set_data(view.data(), view.size());
+            // Read straight into the message (no copy; its buffer is reused chunk after chunk).
+            chunker.next_into(*data->mutable_data());
             if (!writer.Write(message)) {
                 return {grpc::StatusCode::CANCELLED, description + ": the client went away"};
             }

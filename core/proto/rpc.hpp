@@ -4,8 +4,9 @@
 // upload_file() streams a local file to Transfer.Upload in 1 MiB chunks (FileChunker),
 // first asking QueryUpload whether the combiner already holds it (complete: nothing is
 // sent) or kept part of an interrupted upload (resumes from there). download_file() streams
-// Transfer.Download into ChunkReceiver (<dest>.part, sha256 checked, renamed into place),
-// resuming from an existing .part file. Both retry a broken stream a few times, each time
+// Transfer.Download into ChunkReceiver (<dest>.part, written and sha256-hashed on a thread
+// of its own while the next chunk arrives, checked, renamed into place), resuming from an
+// existing .part file. Both retry a broken stream a few times, each time
 // from where the other side stands, before giving up with fedcli::Error naming the file
 // and the gRPC status. Neither ever holds a whole file in memory.
 #pragma once

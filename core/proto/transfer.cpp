@@ -10,12 +10,17 @@
 #include <cstring>
 #include <system_error>
 #include <utility>
+#include <vector>
 
 #include "core/error.hpp"
 
 namespace fedcli::proto {
 
 namespace {
+
+/// Buffers a receiver keeps for reuse: the queue's k_pipeline_bytes in 1 MiB chunks, plus
+/// the one being written.
+constexpr std::size_t k_spare_buffers = k_pipeline_bytes / k_default_chunk_size + 1;
 
 std::string errno_text(int error) {
     return std::strerror(error);
@@ -90,8 +95,10 @@ FileChunker::FileChunker(const std::filesystem::path& path, std::uint64_t offset
         throw Error(path.string() + ": cannot seek to " + std::to_string(offset) + ": " +
                     errno_text(error));
     }
-    m_buffer.resize(static_cast<std::size_t>(
-        std::min<std::uint64_t>(chunk_size, std::max<std::uint64_t>(m_size - offset, 1))));
+    // Smaller for a small file; the buffer next() uses is allocated on its first call
+    // (next_into() callers bring their own).
+    m_chunk_size = static_cast<std::size_t>(
+        std::min<std::uint64_t>(chunk_size, std::max<std::uint64_t>(m_size - offset, 1)));
 }
 
 FileChunker::~FileChunker() {
@@ -100,11 +107,27 @@ FileChunker::~FileChunker() {
 
 std::span<const std::byte> FileChunker::next() {
     if (done()) return {};
-    std::size_t want =
-        static_cast<std::size_t>(std::min<std::uint64_t>(m_buffer.size(), m_size - m_offset));
+    if (m_buffer.size() < m_chunk_size) m_buffer.resize(m_chunk_size);
+    const std::size_t got = read_chunk(m_buffer.data());
+    return {m_buffer.data(), got};
+}
+
+std::size_t FileChunker::next_into(std::string& buffer) {
+    if (done()) {
+        buffer.clear();
+        return 0;
+    }
+    buffer.resize(
+        static_cast<std::size_t>(std::min<std::uint64_t>(m_chunk_size, m_size - m_offset)));
+    return read_chunk(reinterpret_cast<std::byte*>(buffer.data()));
+}
+
+std::size_t FileChunker::read_chunk(std::byte* data) {
+    const std::size_t want =
+        static_cast<std::size_t>(std::min<std::uint64_t>(m_chunk_size, m_size - m_offset));
     std::size_t got = 0;
     try {
-        got = read_fully(m_fd, m_buffer.data(), want);
+        got = read_fully(m_fd, data, want);
     } catch (const std::system_error& e) {
         throw Error(m_path.string() + ": read failed at offset " + std::to_string(m_offset) + ": " +
                     errno_text(e.code().value()));
@@ -115,8 +138,8 @@ std::span<const std::byte> FileChunker::next() {
                     " bytes");
     }
     m_offset += got;
-    if (m_hash) m_sha256.update(m_buffer.data(), got);
-    return {m_buffer.data(), got};
+    if (m_hash) m_sha256.update(data, got);
+    return got;
 }
 
 std::string_view FileChunker::next_view() {
@@ -141,13 +164,14 @@ std::uint64_t ChunkReceiver::partial_size(const std::filesystem::path& destinati
 
 ChunkReceiver::ChunkReceiver(std::filesystem::path destination, std::uint64_t declared_size,
                              std::string expected_sha256, std::string description, Resume resume,
-                             Fsync fsync)
+                             Fsync fsync, Pipeline pipeline)
     : m_destination(std::move(destination)),
       m_part(part_path(m_destination)),
       m_declared_size(declared_size),
       m_expected_sha256(normalized_sha256(std::move(expected_sha256), description)),
       m_description(std::move(description)),
-      m_fsync(fsync) {
+      m_fsync(fsync),
+      m_pipeline(pipeline) {
     if (resume == Resume::yes && partial_size(m_destination) > m_declared_size) {
         resume = Resume::no;  // a longer .part belongs to another file: start over
     }
@@ -171,6 +195,7 @@ ChunkReceiver::ChunkReceiver(std::filesystem::path destination, std::uint64_t de
 }
 
 ChunkReceiver::~ChunkReceiver() {
+    stop_writer(false);  // what was accepted reaches the .part file, for a resume
     close_file();
 }
 
@@ -185,25 +210,48 @@ void ChunkReceiver::fail(const std::string& what) const {
     throw Error(m_description + ": " + what);
 }
 
-void ChunkReceiver::write(std::uint64_t offset, std::span<const std::byte> data) {
+void ChunkReceiver::check_chunk(std::uint64_t offset, std::size_t size) {
     if (m_fd < 0) fail("chunk at offset " + std::to_string(offset) + " after the transfer ended");
+    // A refused chunk leaves the .part file holding exactly what was accepted before it.
+    auto refuse = [&](const std::string& what) {
+        const std::string error = drain();
+        fail(error.empty() ? what : error);
+    };
     if (offset != m_received) {
-        fail("out-of-order chunk: expected offset " + std::to_string(m_received) + ", got " +
-             std::to_string(offset));
+        refuse("out-of-order chunk: expected offset " + std::to_string(m_received) + ", got " +
+               std::to_string(offset));
     }
-    if (data.size() > m_declared_size - m_received) {
-        fail("more data than declared: chunk of " + std::to_string(data.size()) +
-             " bytes at offset " + std::to_string(offset) + " would exceed the declared size of " +
-             std::to_string(m_declared_size) + " bytes");
+    if (size > m_declared_size - m_received) {
+        refuse("more data than declared: chunk of " + std::to_string(size) + " bytes at offset " +
+               std::to_string(offset) + " would exceed the declared size of " +
+               std::to_string(m_declared_size) + " bytes");
     }
-    try {
-        write_fully(m_fd, data.data(), data.size());
-    } catch (const std::system_error& e) {
-        fail("cannot write " + m_part.string() + " at offset " + std::to_string(offset) + ": " +
-             errno_text(e.code().value()));
+}
+
+void ChunkReceiver::write(std::uint64_t offset, std::span<const std::byte> data) {
+    check_chunk(offset, data.size());
+    if (data.empty()) return;
+    if (m_pipeline == Pipeline::no) {
+        try {
+            write_fully(m_fd, data.data(), data.size());
+        } catch (const std::system_error& e) {
+            fail("cannot write " + m_part.string() + " at offset " + std::to_string(offset) + ": " +
+                 errno_text(e.code().value()));
+        }
+        m_sha256.update(data.data(), data.size());
+        m_received += data.size();
+        return;
     }
-    m_sha256.update(data.data(), data.size());
-    m_received += data.size();
+    std::string buffer;
+    {
+        std::lock_guard lock(m_mutex);
+        if (!m_spare.empty()) {
+            buffer = std::move(m_spare.back());
+            m_spare.pop_back();
+        }
+    }
+    buffer.assign(reinterpret_cast<const char*>(data.data()), data.size());
+    enqueue(offset, std::move(buffer));
 }
 
 void ChunkReceiver::write(std::uint64_t offset, std::string_view data) {
@@ -211,9 +259,88 @@ void ChunkReceiver::write(std::uint64_t offset, std::string_view data) {
           std::span<const std::byte>(reinterpret_cast<const std::byte*>(data.data()), data.size()));
 }
 
+void ChunkReceiver::enqueue(std::uint64_t offset, std::string&& data) {
+    const std::size_t size = data.size();
+    std::unique_lock lock(m_mutex);
+    if (!m_writer.joinable()) m_writer = std::thread([this] { run_writer(); });
+    // Bounded: wait while the queue is full (one chunk always fits into an empty queue).
+    m_room.wait(lock, [&] {
+        return m_queued_bytes == 0 || m_queued_bytes + size <= k_pipeline_bytes ||
+               !m_write_error.empty();
+    });
+    if (!m_write_error.empty()) {
+        lock.unlock();
+        fail(drain());
+    }
+    m_queue.push_back(Pending{offset, std::move(data)});
+    m_queued_bytes += size;
+    m_received += size;
+    lock.unlock();
+    m_work.notify_one();
+}
+
+void ChunkReceiver::run_writer() {
+    std::unique_lock lock(m_mutex);
+    while (true) {
+        m_work.wait(lock, [&] { return !m_queue.empty() || m_stop; });
+        if (m_queue.empty()) return;
+        Pending chunk = std::move(m_queue.front());
+        m_queue.pop_front();
+        const bool skip = m_discard || !m_write_error.empty();
+        m_writing = true;
+        lock.unlock();
+        std::string error;
+        if (!skip) {
+            try {
+                write_fully(m_fd, reinterpret_cast<const std::byte*>(chunk.data.data()),
+                            chunk.data.size());
+                m_sha256.update(chunk.data.data(), chunk.data.size());
+            } catch (const std::system_error& e) {
+                error = "cannot write " + m_part.string() + " at offset " +
+                        std::to_string(chunk.offset) + ": " + errno_text(e.code().value());
+            }
+        }
+        const std::size_t size = chunk.data.size();
+        lock.lock();
+        m_writing = false;
+        m_queued_bytes -= size;
+        if (!error.empty() && m_write_error.empty()) m_write_error = std::move(error);
+        // Keep the buffers for write() to copy into: allocating fresh ones would touch new
+        // memory for every chunk (page faults cost more than the copy). Their number stays
+        // bounded by the queue's.
+        if (m_spare.size() < k_spare_buffers) {
+            chunk.data.clear();
+            m_spare.push_back(std::move(chunk.data));
+        }
+        m_room.notify_one();  // only the receiver's own thread ever waits for room
+    }
+}
+
+std::string ChunkReceiver::drain() {
+    std::unique_lock lock(m_mutex);
+    m_room.wait(lock, [&] { return m_queue.empty() && !m_writing; });
+    return m_write_error;
+}
+
+void ChunkReceiver::flush() {
+    const std::string error = drain();
+    if (!error.empty()) fail(error);
+}
+
+void ChunkReceiver::stop_writer(bool discard) noexcept {
+    {
+        std::lock_guard lock(m_mutex);
+        m_stop = true;
+        m_discard = m_discard || discard;
+    }
+    m_work.notify_one();
+    if (m_writer.joinable()) m_writer.join();
+}
+
 std::string ChunkReceiver::finish() {
     if (m_finished) return m_expected_sha256;
     if (m_fd < 0) fail("finish() after the transfer was aborted");
+    flush();
     if (m_received != m_declared_size) {
         fail("incomplete: received " + std::to_string(m_received) + " of " +
              std::to_string(m_declared_size) + " declared bytes (partial file kept to resume)");
@@ -248,6 +375,7 @@ std::string ChunkReceiver::finish() {
 }
 
 void ChunkReceiver::abort() noexcept {
+    stop_writer(true);
     close_file();
     if (!m_finished) {
         std::error_code ignored;

@@ -16,17 +16,31 @@
 // Errors are fedcli::Error whose message starts with the transfer's description (e.g.
 // "upload of model 3fa2... (task t-17)") and says what was wrong.
 //
-// Thread-safety: a FileChunker or ChunkReceiver is used by one thread at a time. Two
-// receivers must not write the same destination at once (the caller serializes transfers
-// of one file, e.g. by sha256).
+// With Pipeline::yes a ChunkReceiver pipelines: write() checks a chunk and queues it, and a
+// thread of the receiver's own appends it to the .part file and hashes it, so the caller
+// goes back to the network while the previous chunks are written and hashed (SHA-256 and
+// the page-cache copy are most of a receiver's CPU time). The queue holds at most
+// k_pipeline_bytes (and one chunk more while it is empty), so memory stays bounded
+// whatever the file's size; a full queue makes write() wait, which stops reading from the
+// network and lets flow control hold the sender back. write() copies the chunk into one of
+// the receiver's own buffers, which are reused chunk after chunk: on the VMs fedcli was
+// measured on, touching freshly allocated memory costs more than the copy.
+//
+// Thread-safety: a FileChunker or ChunkReceiver is used by one thread at a time (the
+// receiver's own writer thread is internal). Two receivers must not write the same
+// destination at once (the caller serializes transfers of one file, e.g. by sha256).
 #pragma once
 
+#include <condition_variable>
 #include <cstddef>
 #include <cstdint>
+#include <deque>
 #include <filesystem>
+#include <mutex>
 #include <span>
 #include <string>
 #include <string_view>
+#include <thread>
 #include <vector>
 
 #include "core/util/sha256.hpp"
@@ -36,6 +50,9 @@ namespace fedcli::proto {
 /// Chunk size senders use (1 MiB): large enough to amortize per-message cost, well below
 /// gRPC's default 4 MiB message limit.
 inline constexpr std::size_t k_default_chunk_size = std::size_t{1} << 20;
+
+/// Bytes a ChunkReceiver queues for its writer thread at most (4 chunks of 1 MiB).
+inline constexpr std::size_t k_pipeline_bytes = std::size_t{4} << 20;
 
 /// Reads a file sequentially in chunks, from a start offset, hashing what it reads.
 class FileChunker {
@@ -64,6 +81,10 @@ class FileChunker {
     std::span<const std::byte> next();
     /// The same chunk as a string_view (what protobuf `bytes` setters take).
     std::string_view next_view();
+    /// Reads the next chunk straight into `buffer`, resized to the chunk with its capacity
+    /// reused (e.g. the `bytes` field of the message about to be sent: no copy, and no
+    /// fresh memory per chunk), and returns its size; 0 when done().
+    std::size_t next_into(std::string& buffer);
 
     /// Hex sha256 of the bytes returned so far, i.e. of [start offset, offset()); when
     /// started at 0 and done(), the sha256 of the whole file. Call once, at the end.
@@ -71,8 +92,12 @@ class FileChunker {
     bool hashing() const { return m_hash; }
 
   private:
+    /// Reads the next chunk into `data` (room for chunk_size bytes), hashes it, advances.
+    std::size_t read_chunk(std::byte* data);
+
     std::filesystem::path m_path;
     int m_fd = -1;
+    std::size_t m_chunk_size = 0;
     std::uint64_t m_size = 0;
     std::uint64_t m_offset = 0;
     std::vector<std::byte> m_buffer;
@@ -84,6 +109,11 @@ class FileChunker {
 enum class Resume { yes, no };
 /// Whether finish() flushes the file and its directory to stable storage before returning.
 enum class Fsync { yes, no };
+/// Whether a receiver writes and hashes on a thread of its own (up to k_pipeline_bytes
+/// queued; with 1 MiB chunks about 6 MiB of buffers per transfer) or in write().
+/// fedcli's client downloads pipeline; the combiner, which may receive many uploads at
+/// once, does not.
+enum class Pipeline { yes, no };
 
 /// Receives chunks of a file of declared size and sha256 into `<destination>.part`.
 class ChunkReceiver {
@@ -97,7 +127,7 @@ class ChunkReceiver {
     /// be opened or read.
     ChunkReceiver(std::filesystem::path destination, std::uint64_t declared_size,
                   std::string expected_sha256, std::string description, Resume resume = Resume::yes,
-                  Fsync fsync = Fsync::no);
+                  Fsync fsync = Fsync::no, Pipeline pipeline = Pipeline::no);
     /// Closes the .part file and leaves it in place (an unfinished transfer stays
     /// resumable); call abort() to remove it instead.
     ~ChunkReceiver();
@@ -111,16 +141,22 @@ class ChunkReceiver {
 
     const std::filesystem::path& destination() const { return m_destination; }
     std::uint64_t declared_size() const { return m_declared_size; }
-    /// Bytes written so far: the offset the next chunk must have.
+    /// Bytes accepted so far: the offset the next chunk must have. They reach the .part
+    /// file shortly after (flush() waits for that).
     std::uint64_t bytes_received() const { return m_received; }
     /// True after a successful finish().
     bool finished() const { return m_finished; }
 
-    /// Appends a chunk. Throws fedcli::Error (and writes nothing) when `offset` is not
+    /// Appends a chunk (with Pipeline::yes: queued for the writer thread, the bytes copied
+    /// into a reused buffer). Throws fedcli::Error (and writes nothing) when `offset` is not
     /// bytes_received() or the chunk would take the file past declared_size(), or when
-    /// writing fails.
+    /// writing an earlier chunk failed; before it throws, every chunk accepted earlier is
+    /// on disk.
     void write(std::uint64_t offset, std::span<const std::byte> data);
     void write(std::uint64_t offset, std::string_view data);
+    /// Waits until every accepted chunk is written and hashed. Throws fedcli::Error when
+    /// writing one failed.
+    void flush();
 
     /// Completes the transfer: checks that declared_size() bytes arrived (if not, throws and
     /// keeps the .part file for a resume) and that their sha256 is the expected one (if
@@ -131,6 +167,18 @@ class ChunkReceiver {
     void abort() noexcept;
 
   private:
+    struct Pending {
+        std::uint64_t offset = 0;
+        std::string data;
+    };
+
+    void check_chunk(std::uint64_t offset, std::size_t size);
+    void enqueue(std::uint64_t offset, std::string&& data);
+    void run_writer();
+    /// Waits for the queue to empty; returns the writer's error ("" when none).
+    std::string drain();
+    /// Ends the writer thread; with `discard`, chunks still queued are dropped.
+    void stop_writer(bool discard) noexcept;
     void close_file() noexcept;
     [[noreturn]] void fail(const std::string& what) const;
 
@@ -140,10 +188,24 @@ class ChunkReceiver {
     std::string m_expected_sha256;
     std::string m_description;
     Fsync m_fsync;
+    Pipeline m_pipeline;
     int m_fd = -1;
     std::uint64_t m_received = 0;
     bool m_finished = false;
-    util::Sha256 m_sha256;
+    util::Sha256 m_sha256;  ///< the writer thread's while it runs (read after drain())
+
+    // Writer thread and its queue (m_mutex guards everything below it).
+    std::thread m_writer;
+    std::mutex m_mutex;
+    std::condition_variable m_work;  ///< the writer waits for chunks or stop
+    std::condition_variable m_room;  ///< write(), flush() wait for the writer
+    std::deque<Pending> m_queue;
+    std::vector<std::string> m_spare;  ///< written buffers kept for reuse
+    std::size_t m_queued_bytes = 0;    ///< in m_queue and being written
+    bool m_writing = false;
+    bool m_stop = false;
+    bool m_discard = false;
+    std::string m_write_error;
 };
 
 }  // namespace fedcli::proto

@@ -9,7 +9,9 @@
 #include <memory>
 #include <optional>
 #include <random>
+#include <span>
 #include <string>
+#include <vector>
 
 #include "core/error.hpp"
 #include "core/proto/fedcli.grpc.pb.h"
@@ -22,6 +24,7 @@ namespace fs = std::filesystem;
 using fedcli::proto::ChunkReceiver;
 using fedcli::proto::FileChunker;
 using fedcli::proto::Fsync;
+using fedcli::proto::Pipeline;
 using fedcli::proto::Resume;
 using fedcli::util::sha256_file;
 
@@ -75,6 +78,72 @@ TEST_CASE("chunker and receiver round-trip a file of odd size") {
     CHECK(receiver.finished());
     CHECK_FALSE(fs::exists(ChunkReceiver::part_path(dir / "copy.bin")));
     CHECK(sha256_file(dir / "copy.bin") == sha);
+}
+
+TEST_CASE("next_into reads chunks into the caller's reused buffer, from an offset") {
+    fedcli::test::TempDir dir;
+    const std::uint64_t size = 2 * k_mib + 5;
+    write_random_file(dir / "source.bin", size, 3);
+    const std::string whole = fedcli::test::read_file(dir / "source.bin");
+
+    FileChunker chunker(dir / "source.bin", 7, k_mib);
+    std::string buffer;
+    std::string copy;
+    std::vector<std::size_t> sizes;
+    const char* reused = nullptr;
+    while (!chunker.done()) {
+        const std::uint64_t offset = chunker.offset();
+        const std::size_t got = chunker.next_into(buffer);
+        CHECK(buffer.size() == got);
+        CHECK(buffer == whole.substr(offset, got));
+        if (sizes.empty()) reused = buffer.data();
+        if (sizes.size() == 1) CHECK(buffer.data() == reused);  // shorter: same allocation
+        sizes.push_back(got);
+        copy += buffer;
+    }
+    CHECK(sizes == std::vector<std::size_t>{k_mib, size - 7 - k_mib});
+    CHECK(copy == whole.substr(7));
+    CHECK(chunker.sha256_hex() ==
+          fedcli::util::sha256_hex(std::as_bytes(std::span(whole.data() + 7, whole.size() - 7))));
+    CHECK(chunker.next_into(buffer) == 0);
+    CHECK(buffer.empty());
+}
+
+TEST_CASE("a pipelined receiver writes and hashes every chunk on its own thread") {
+    fedcli::test::TempDir dir;
+    const std::uint64_t size = 9 * k_mib + 4321;  // more than the queue holds
+    write_random_file(dir / "source.bin", size, 5);
+    const std::string sha = sha256_file(dir / "source.bin");
+    {
+        FileChunker chunker(dir / "source.bin");
+        ChunkReceiver receiver(dir / "copy.bin", size, sha, "pipelined", Resume::no, Fsync::no,
+                               Pipeline::yes);
+        pump(chunker, receiver);
+        CHECK(receiver.bytes_received() == size);
+        CHECK(receiver.finish() == sha);
+    }
+    CHECK(sha256_file(dir / "copy.bin") == sha);
+
+    // A refused chunk, and the end of the receiver, leave exactly the accepted bytes on disk.
+    {
+        FileChunker chunker(dir / "source.bin", 0, 300'000);
+        ChunkReceiver receiver(dir / "again.bin", size, sha, "pipelined", Resume::no, Fsync::no,
+                               Pipeline::yes);
+        pump(chunker, receiver, 3);
+        CHECK_THROWS_WITH(receiver.write(5, chunker.next()),
+                          Catch::Contains("pipelined: out-of-order chunk: expected offset 900000"));
+        CHECK(ChunkReceiver::partial_size(dir / "again.bin") == 900'000);
+        receiver.write(900'000, std::string_view("x"));  // queued, written by the destructor
+    }
+    CHECK(ChunkReceiver::partial_size(dir / "again.bin") == 900'001);
+
+    // abort() drops what is queued and removes the .part file.
+    FileChunker chunker(dir / "source.bin");
+    ChunkReceiver receiver(dir / "third.bin", size, sha, "pipelined", Resume::no, Fsync::no,
+                           Pipeline::yes);
+    pump(chunker, receiver, 4);
+    receiver.abort();
+    CHECK_FALSE(fs::exists(ChunkReceiver::part_path(dir / "third.bin")));
 }
 
 TEST_CASE("an empty file round-trips") {
