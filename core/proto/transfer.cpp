@@ -228,17 +228,23 @@ void ChunkReceiver::check_chunk(std::uint64_t offset, std::size_t size) {
     }
 }
 
+std::string ChunkReceiver::write_part(std::uint64_t offset, std::span<const std::byte> data) {
+    try {
+        write_fully(m_fd, data.data(), data.size());
+    } catch (const std::system_error& e) {
+        return "cannot write " + m_part.string() + " at offset " + std::to_string(offset) + ": " +
+               errno_text(e.code().value());
+    }
+    m_sha256.update(data.data(), data.size());
+    return {};
+}
+
 void ChunkReceiver::write(std::uint64_t offset, std::span<const std::byte> data) {
     check_chunk(offset, data.size());
     if (data.empty()) return;
     if (m_pipeline == Pipeline::no) {
-        try {
-            write_fully(m_fd, data.data(), data.size());
-        } catch (const std::system_error& e) {
-            fail("cannot write " + m_part.string() + " at offset " + std::to_string(offset) + ": " +
-                 errno_text(e.code().value()));
-        }
-        m_sha256.update(data.data(), data.size());
+        const std::string error = write_part(offset, data);
+        if (!error.empty()) fail(error);
         m_received += data.size();
         return;
     }
@@ -291,14 +297,9 @@ void ChunkReceiver::run_writer() {
         lock.unlock();
         std::string error;
         if (!skip) {
-            try {
-                write_fully(m_fd, reinterpret_cast<const std::byte*>(chunk.data.data()),
-                            chunk.data.size());
-                m_sha256.update(chunk.data.data(), chunk.data.size());
-            } catch (const std::system_error& e) {
-                error = "cannot write " + m_part.string() + " at offset " +
-                        std::to_string(chunk.offset) + ": " + errno_text(e.code().value());
-            }
+            error = write_part(chunk.offset,
+                               std::span(reinterpret_cast<const std::byte*>(chunk.data.data()),
+                                         chunk.data.size()));
         }
         const std::size_t size = chunk.data.size();
         lock.lock();

@@ -173,6 +173,9 @@ class ChunkReceiver {
     };
 
     void check_chunk(std::uint64_t offset, std::size_t size);
+    /// Appends `data` to the .part file and hashes it; returns the error ("" when none).
+    /// Runs on the writer thread when pipelined, else on the caller's.
+    std::string write_part(std::uint64_t offset, std::span<const std::byte> data);
     void enqueue(std::uint64_t offset, std::string&& data);
     void run_writer();
     /// Waits for the queue to empty; returns the writer's error ("" when none).
