@@ -301,11 +301,11 @@ int startup() {
     std::copy(share.train_index.begin(), share.train_index.end(),
               index.values<std::int64_t>().begin());
     fedcli::npz::Array counts(fedcli::npz::DType::int64, {10});
-    std::fill(counts.values<std::int64_t>().begin(), counts.values<std::int64_t>().end(), 0);
-    for (auto label : share.train_labels) ++counts.values<std::int64_t>()[label % 10];
+    auto count = counts.values<std::int64_t>();
+    std::fill(count.begin(), count.end(), 0);
+    for (auto label : share.train_labels) ++count[label % 10];
     std::ostringstream labels;
-    for (std::size_t i = 0; i < 10; ++i)
-        labels << (i ? ", " : "[") << counts.values<std::int64_t>()[i];
+    for (std::size_t i = 0; i < count.size(); ++i) labels << (i ? ", " : "[") << count[i];
 
     const char* data_path = std::getenv("FEDCLI_DATA_PATH");
     std::filesystem::path folder = data_path && *data_path ? data_path : "data";
