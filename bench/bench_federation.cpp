@@ -10,7 +10,8 @@
 // pushes a float32 seed, runs one session of --rounds rounds (FedAvg, all N clients) and
 // reports the mean round time over the rounds after the first (from the combiner's round
 // start/close times), the combiner's peak RSS and the largest client peak RSS (VmHWM in
-// /proc/PID/status). Configurations: N=2 at 4 MB and 100 MB, N=8 at 100 MB, N=32 at 0.4 MB
+// /proc/PID/status), and the largest client RSS (VmRSS) once all clients are online and
+// idle, before the session. Configurations: N=2 at 4 MB and 100 MB, N=8 at 100 MB, N=32 at 0.4 MB
 // (--quick: N=2 at 4 MB and N=8 at 4 MB only; --transfer-only: none). These combiners run
 // --insecure (the echo clients have no tokens).
 //
@@ -22,8 +23,8 @@
 // the same run.
 //
 // Targets (docs/benchmarks.md): upload and download >= --throughput-target of loopback;
-// combiner peak RSS <= 2 x model + 64 MiB. Exits 1 when a target is missed, 2 on a setup
-// error.
+// combiner peak RSS <= 2 x model + 64 MiB; idle client RSS <= 16 MB. Exits 1 when a target is
+// missed, 2 on a setup error.
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -42,6 +43,7 @@
 #include <fstream>
 #include <random>
 #include <string>
+#include <string_view>
 #include <thread>
 #include <vector>
 
@@ -69,18 +71,26 @@ struct Options {
     double throughput_target = 0.5;
 };
 
+/// Issue [4/7]: an idle client daemon stays within 16 MB resident.
+constexpr std::uint64_t k_client_idle_target = 16'000'000;
+
 double seconds_since(Clock::time_point start) {
     return std::chrono::duration<double>(Clock::now() - start).count();
 }
 
-/// Peak resident set (VmHWM) of a process in bytes; 0 when it cannot be read.
-std::uint64_t peak_rss(pid_t pid) {
+/// A "Vm...:" field of /proc/PID/status (VmHWM: peak resident set, VmRSS: resident set
+/// now) in bytes; 0 when it cannot be read.
+std::uint64_t status_bytes(pid_t pid, std::string_view field) {
     std::ifstream status("/proc/" + std::to_string(pid) + "/status");
     std::string line;
     while (std::getline(status, line)) {
-        if (line.rfind("VmHWM:", 0) == 0) return std::stoull(line.substr(6)) * 1024;
+        if (line.rfind(field, 0) == 0) return std::stoull(line.substr(field.size())) * 1024;
     }
     return 0;
+}
+
+std::uint64_t peak_rss(pid_t pid) {
+    return status_bytes(pid, "VmHWM:");
 }
 
 /// A child process started with posix_spawn, output to a log file; stopped with SIGTERM
@@ -264,6 +274,7 @@ struct RoundResult {
     double first_round_s = 0;
     std::uint64_t combiner_peak = 0;
     std::uint64_t client_peak = 0;
+    std::uint64_t client_idle = 0;  ///< largest client RSS once all are online and idle
 };
 
 RoundResult run_rounds(const Options& options, const fs::path& base, int clients,
@@ -308,6 +319,10 @@ RoundResult run_rounds(const Options& options, const fs::path& base, int clients
         if (seconds_since(start) > 120) throw fedcli::Error("clients did not come online");
         std::this_thread::sleep_for(std::chrono::milliseconds(100));
     }
+    std::uint64_t client_idle = 0;
+    for (const auto& process : processes) {
+        client_idle = std::max(client_idle, status_bytes(process->pid(), "VmRSS:"));
+    }
     auto started = control(combiner, [&](v1::Control::Stub& stub, grpc::ClientContext& context) {
         v1::StartSessionRequest request;
         request.mutable_config()->set_rounds(static_cast<unsigned>(options.rounds));
@@ -343,6 +358,7 @@ RoundResult run_rounds(const Options& options, const fs::path& base, int clients
     RoundResult result;
     result.clients = clients;
     result.model_bytes = model_bytes;
+    result.client_idle = client_idle;
     double sum = 0;
     int counted = 0;
     for (int i = 0; i < rounds.rounds_size(); ++i) {
@@ -458,24 +474,28 @@ int main(int argc, char** argv) {
         if (!configurations.empty()) {
             std::printf("\nrounds (echo train, fedavg, %d rounds; mean of rounds 2..%d)\n",
                         options.rounds, options.rounds);
-            std::printf("  %7s  %9s  %9s  %9s  %13s  %11s  %11s\n", "clients", "model", "round",
-                        "first", "combiner peak", "limit", "client peak");
+            std::printf("  %7s  %9s  %9s  %9s  %13s  %11s  %11s  %11s\n", "clients", "model",
+                        "round", "first", "combiner peak", "limit", "client peak", "client idle");
             for (auto [clients, bytes] : configurations) {
                 RoundResult result = run_rounds(options, base, clients, bytes);
                 std::uint64_t limit = 2 * bytes + (64ull << 20);
                 bool within = result.combiner_peak <= limit;
-                ok = ok && within;
+                bool lean = result.client_idle <= k_client_idle_target;
+                ok = ok && within && lean;
                 std::printf(
-                    "  %7d  %6.1f MB  %7.2f s  %7.2f s  %9.0f MiB  %7.0f MiB%s  %7.0f MiB\n",
+                    "  %7d  %6.1f MB  %7.2f s  %7.2f s  %9.0f MiB  %7.0f MiB%s  %7.0f MiB  "
+                    "%7.1f MB%s\n",
                     clients, static_cast<double>(bytes) / 1e6, result.mean_round_s,
                     result.first_round_s, mib(result.combiner_peak), mib(limit), within ? " " : "!",
-                    mib(result.client_peak));
+                    mib(result.client_peak), static_cast<double>(result.client_idle) / 1e6,
+                    lean ? " " : "!");
                 std::fflush(stdout);
             }
         }
         std::printf("\n%s\n", ok ? "all targets met"
                                  : "target missed (ratio below target, or '!': combiner peak "
-                                   "RSS above 2 x model + 64 MiB)");
+                                   "RSS above 2 x model + 64 MiB, or idle client RSS above "
+                                   "16 MB)");
     } catch (const std::exception& error) {
         std::fprintf(stderr, "bench_federation: %s (files kept in %s)\n", error.what(),
                      base.c_str());

@@ -97,4 +97,20 @@ std::string read_file(const std::filesystem::path& path) {
     return text.str();
 }
 
+std::string escape_bytes(const std::string& bytes) {
+    static const char k_hex[] = "0123456789abcdef";
+    std::string text;
+    text.reserve(bytes.size());
+    for (unsigned char c : bytes) {
+        if (c >= 0x20 && c < 0x7f && c != '\\') {
+            text += static_cast<char>(c);
+        } else {
+            text += "\\x";
+            text += k_hex[c >> 4];
+            text += k_hex[c & 15];
+        }
+    }
+    return text;
+}
+
 }  // namespace fedcli::test

@@ -44,4 +44,15 @@ void write_file(const std::filesystem::path& path, const std::string& text);
 /// Reads a whole file.
 std::string read_file(const std::filesystem::path& path);
 
+/// Bytes with printable ASCII kept and everything else as \xNN.
+std::string escape_bytes(const std::string& bytes);
+
+/// A protobuf message as text, for INFO and for comparing two messages: its type and its
+/// wire bytes, escaped. fedcli's messages use the lite runtime, which has no DebugString;
+/// they have no map fields, so equal messages serialize to equal bytes.
+template <typename Message>
+std::string describe(const Message& message) {
+    return message.GetTypeName() + " " + escape_bytes(message.SerializeAsString());
+}
+
 }  // namespace fedcli::test

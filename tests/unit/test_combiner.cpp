@@ -38,6 +38,7 @@ namespace fs = std::filesystem;
 namespace v1 = fedcli::v1;
 namespace npz = fedcli::npz;
 using namespace std::chrono_literals;
+using fedcli::test::describe;
 using Clock = std::chrono::steady_clock;
 
 namespace {
@@ -241,7 +242,7 @@ class Harness {
                 return last.session_state() != v1::SESSION_STATE_RUNNING;
             },
             limit);
-        INFO(last.DebugString());
+        INFO(describe(last));
         REQUIRE(ended);
         return last;
     }
@@ -895,7 +896,7 @@ TEST_CASE("two clients, two fedavg rounds: the global model is the weighted mean
     REQUIRE(rounds.size() == 2);
     std::string input = seed;
     for (const auto& round : rounds) {
-        INFO(round.DebugString());
+        INFO(describe(round));
         CHECK(round.state() == v1::ROUND_STATE_COMMITTED);
         CHECK(round.session_id() == started.session_id());
         CHECK(round.clients_selected() == 2);
@@ -1308,7 +1309,7 @@ TEST_CASE("sessions, rounds, models, clients and the seed survive a restart") {
     const auto sessions_after = harness.sessions();
     REQUIRE(sessions_after.size() == sessions.size());
     for (std::size_t i = 0; i < sessions.size(); ++i) {
-        CHECK(sessions_after[i].DebugString() == sessions[i].DebugString());
+        CHECK(describe(sessions_after[i]) == describe(sessions[i]));
     }
     CHECK(sessions_after[0].state() == v1::SESSION_STATE_FINISHED);
     CHECK(sessions_after[0].config().settings_json() == R"({"epochs": 3})");
@@ -1317,7 +1318,7 @@ TEST_CASE("sessions, rounds, models, clients and the seed survive a restart") {
     const auto rounds_after = harness.all_rounds();
     REQUIRE(rounds_after.size() == rounds.size());
     for (std::size_t i = 0; i < rounds.size(); ++i) {
-        CHECK(rounds_after[i].DebugString() == rounds[i].DebugString());
+        CHECK(describe(rounds_after[i]) == describe(rounds[i]));
     }
     CHECK(rounds_after[0].updates(0).metadata_json().find("num_examples") != std::string::npos);
     CHECK(harness.rounds().size() == 2);  // the latest session is still the default
@@ -1326,7 +1327,7 @@ TEST_CASE("sessions, rounds, models, clients and the seed survive a restart") {
     const auto models_after = harness.models();
     REQUIRE(models_after.size() == models.size());
     for (std::size_t i = 0; i < models.size(); ++i) {
-        CHECK(models_after[i].DebugString() == models[i].DebugString());
+        CHECK(describe(models_after[i]) == describe(models[i]));
     }
     CHECK(models_after[0].model_id() == seed);
     CHECK(models_after[2].parent_id() == models_after[1].model_id());
@@ -1335,7 +1336,7 @@ TEST_CASE("sessions, rounds, models, clients and the seed survive a restart") {
     const auto clients_after = harness.clients();
     REQUIRE(clients_after.size() == clients.size());
     for (const auto& before : clients) {
-        INFO(before.DebugString());
+        INFO(describe(before));
         const v1::ClientInfo after = client_info(clients_after, before.client_id());
         CHECK_FALSE(after.online());
         CHECK(after.name() == before.name());
@@ -1358,8 +1359,8 @@ TEST_CASE("sessions, rounds, models, clients and the seed survive a restart") {
     CHECK(status.clients_online() == 0);
     CHECK(status.clients_known() == 2);
     CHECK(status.latest_model_id() == rounds[1].output_model_id());
-    CHECK(status.session().DebugString() == sessions[0].DebugString());
-    CHECK(status.round().DebugString() == rounds[1].DebugString());
+    CHECK(describe(status.session()) == describe(sessions[0]));
+    CHECK(describe(status.round()) == describe(rounds[1]));
     CHECK(harness.fetch_model("latest").size() == 2);
 
     // The clients come back with their ids; a new session starts from the latest model.
@@ -1435,7 +1436,7 @@ TEST_CASE("a restart interrupts the running session; ResumeSession continues it"
     CHECK(status.message() == sessions[0].message());
     const auto after = harness.rounds();
     REQUIRE(after.size() == 2);
-    CHECK(after[0].DebugString() == before[0].DebugString());
+    CHECK(describe(after[0]) == describe(before[0]));
     CHECK(after[1].round_id() == before[1].round_id());
     CHECK(after[1].state() == v1::ROUND_STATE_FAILED);
     CHECK(after[1].output_model_id().empty());
@@ -1488,7 +1489,7 @@ TEST_CASE("a restart interrupts the running session; ResumeSession continues it"
         std::map<std::uint32_t, int> committed;
         std::set<std::uint64_t> ids;
         for (const auto& round : harness.rounds()) {
-            INFO(round.DebugString());
+            INFO(describe(round));
             CHECK(round.session_id() == started.session_id());
             CHECK(ids.insert(round.round_id()).second);
             if (round.state() == v1::ROUND_STATE_COMMITTED) ++committed[round.session_round()];
@@ -1727,7 +1728,7 @@ TEST_CASE("max_round_retries tries a failed round again as the same session roun
         auto rounds = harness.rounds();
         REQUIRE(rounds.size() == 2);
         for (std::size_t i = 0; i < rounds.size(); ++i) {
-            INFO(rounds[i].DebugString());
+            INFO(describe(rounds[i]));
             CHECK(rounds[i].state() == v1::ROUND_STATE_FAILED);
             CHECK(rounds[i].session_round() == 1);
             CHECK(rounds[i].attempt() == i + 1);
@@ -1868,7 +1869,7 @@ TEST_CASE("clients' log lines are kept per task and served by GetLogs, also afte
                                                 v1::LOG_STREAM_STDERR};
     for (std::size_t i = 0; i < 3; ++i) {
         const v1::LogEntry& entry = call.entries[i];
-        INFO(entry.DebugString());
+        INFO(describe(entry));
         CHECK(entry.line() == lines[i]);
         CHECK(entry.stream() == streams[i]);
         CHECK(entry.client_id() == id_a);
@@ -1969,7 +1970,7 @@ TEST_CASE("clients' log lines are kept per task and served by GetLogs, also afte
     CHECK(restored.status.ok());
     REQUIRE(restored.entries.size() == stored.size());
     for (std::size_t i = 0; i < stored.size(); ++i) {
-        CHECK(restored.entries[i].DebugString() == stored[i].DebugString());
+        CHECK(describe(restored.entries[i]) == describe(stored[i]));
     }
     // New lines go on numbering after the stored ones.
     a.connect(id_a);

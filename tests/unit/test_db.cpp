@@ -24,6 +24,7 @@ using fedcli::combiner::check_data_dir;
 using fedcli::combiner::Database;
 using fedcli::combiner::LogQuery;
 using fedcli::combiner::StoredState;
+using fedcli::test::describe;
 using fedcli::test::TempDir;
 
 // --- helpers -------------------------------------------------------------------------------
@@ -34,7 +35,7 @@ void check_same(const std::vector<Message>& actual, const std::vector<Message>& 
     REQUIRE(actual.size() == expected.size());
     for (std::size_t i = 0; i < actual.size(); ++i) {
         INFO("element " << i);
-        CHECK(actual[i].DebugString() == expected[i].DebugString());
+        CHECK(describe(actual[i]) == describe(expected[i]));
     }
 }
 
@@ -381,7 +382,7 @@ TEST_CASE("logs are selected by client, round, session and sequence, with tail a
     LogQuery query;
     const auto all = db.logs(query);
     CHECK(sequences(all) == range(1, 30));
-    CHECK(all[6].DebugString() == make_log(7, "c1", 1, "s1").DebugString());
+    CHECK(describe(all[6]) == describe(make_log(7, "c1", 1, "s1")));
 
     SECTION("by client (exact id)") {
         query.client_id = "c1";
