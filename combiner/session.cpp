@@ -31,6 +31,9 @@ std::string CombinerCore::task_settings(const SessionRecord& session,
         settings = nlohmann::json::parse(session.config.settings_json());  // checked at start
     }
     settings["round"] = round_id;
+    for (const auto& round : session.rounds) {
+        if (round.round_id() == round_id) settings["session_round"] = round.session_round();
+    }
     settings["session_id"] = session.id;
     return settings.dump();
 }

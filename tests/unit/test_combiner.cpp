@@ -944,6 +944,7 @@ TEST_CASE("two clients, two fedavg rounds: the global model is the weighted mean
     CHECK(tasks[1].kind() == v1::TASK_KIND_VALIDATE);
     auto settings = nlohmann::json::parse(tasks[2].settings_json());
     CHECK(settings["round"] == rounds[1].round_id());
+    CHECK(settings["session_round"] == 2);
     CHECK(settings["session_id"] == started.session_id());
     CHECK(settings["epochs"] == 3);
     CHECK(tasks[0].model_sha256() == seed);
@@ -1120,6 +1121,11 @@ TEST_CASE("reports for closed rounds, unknown tasks and other clients' tasks are
     // A second session is running: the old task's report is stale.
     REQUIRE(harness.start(session_config(1, 1, 20000)).ack().accepted());
     const v1::Task current = silent.wait_tasks(2).at(1);
+    // Round ids count on across sessions; session_round starts again at 1.
+    auto current_settings = nlohmann::json::parse(current.settings_json());
+    CHECK(current_settings["round"] == current.round_id());
+    CHECK(current.round_id() == late.round_id() + 1);
+    CHECK(current_settings["session_round"] == 1);
     v1::Ack stale = silent.report(late, make_model(1), R"({"num_examples": 1})");
     CHECK_FALSE(stale.accepted());
     CHECK(stale.code() == v1::ACK_CODE_STALE_ROUND);
