@@ -6,9 +6,12 @@ Round settings (INPUT-metadata, from the combiner or `fedcli run train --setting
     epochs         local epochs (1)
     batch_size     (32)
     optimizer      sgd (SGD with momentum; the CNN's default) | adam (the MLP's default)
-    learning_rate  (sgd: 0.01, adam: 0.001; "lr" is accepted too)
+    learning_rate  (sgd: 0.01, adam: 0.002; "lr" is accepted too)
+    lr_decay       the learning rate of the session's round R is
+                   learning_rate * lr_decay^(R-1)  (sgd: 1, adam: 0.8)
     momentum       for sgd (0.9)
     round          the round number, when FEDCLI_ROUND is not set (0)
+    session_round  the round's number within the session (from the combiner; default: round)
 
 The defaults are what reached the quality bar in docs/examples.md (4 clients, Dirichlet 0.5).
 
@@ -27,7 +30,8 @@ from model import load_model, save_model, torch
 
 
 DEFAULT_OPTIMIZER = {"cnn": "sgd", "mlp": "adam"}
-DEFAULT_LEARNING_RATE = {"sgd": 0.01, "adam": 0.001}
+DEFAULT_LEARNING_RATE = {"sgd": 0.01, "adam": 0.002}
+DEFAULT_LR_DECAY = {"sgd": 1.0, "adam": 0.8}
 
 
 def training_settings(settings, model_name):
@@ -50,16 +54,23 @@ def training_settings(settings, model_name):
         raise SystemExit("round setting optimizer=%s: expected sgd or adam" % chosen["optimizer"])
     chosen["learning_rate"] = get("learning_rate", settings.get(
         "lr", DEFAULT_LEARNING_RATE[chosen["optimizer"]]), float)
-    if chosen["epochs"] < 1 or chosen["batch_size"] < 1 or not chosen["learning_rate"] > 0:
-        raise SystemExit("round settings need epochs >= 1, batch_size >= 1, learning_rate > 0: %s"
-                         % chosen)
+    chosen["lr_decay"] = get("lr_decay", DEFAULT_LR_DECAY[chosen["optimizer"]], float)
+    if (chosen["epochs"] < 1 or chosen["batch_size"] < 1 or not chosen["learning_rate"] > 0
+            or not 0 < chosen["lr_decay"] <= 1):
+        raise SystemExit("round settings need epochs >= 1, batch_size >= 1, learning_rate > 0 "
+                         "and 0 < lr_decay <= 1: %s" % chosen)
+    # The schedule counts the session's rounds (the combiner's round ids count on across
+    # sessions); `fedcli run train --round R` stands for round R of a session.
+    session_round = get("session_round", chosen["round"], int)
+    chosen["round_learning_rate"] = (chosen["learning_rate"]
+                                     * chosen["lr_decay"] ** max(0, session_round - 1))
     return chosen
 
 
 def make_optimizer(model, chosen):
     if chosen["optimizer"] == "adam":
-        return torch.optim.Adam(model.parameters(), lr=chosen["learning_rate"])
-    return torch.optim.SGD(model.parameters(), lr=chosen["learning_rate"],
+        return torch.optim.Adam(model.parameters(), lr=chosen["round_learning_rate"])
+    return torch.optim.SGD(model.parameters(), lr=chosen["round_learning_rate"],
                            momentum=chosen["momentum"])
 
 

@@ -28,7 +28,10 @@ assert m["training_accuracy"] > 0.15 and 0 < m["test_accuracy"] <= 1, m' $model-
     "$PYTHON" -c 'import json
 cnn, mlp = (json.load(open(f + "-update.npz-metadata")) for f in ("seed", "mlp"))
 assert cnn["model"] == "cnn" and cnn["optimizer"] == "sgd" and cnn["learning_rate"] == 0.01, cnn
-assert mlp["model"] == "mlp" and mlp["optimizer"] == "adam" and mlp["learning_rate"] == 0.001, mlp
+assert mlp["model"] == "mlp" and mlp["optimizer"] == "adam" and mlp["learning_rate"] == 0.002, mlp
+# Round 2: the MLP learning rate has decayed once (0.8), the CNN one stays.
+assert cnn["lr_decay"] == 1 and cnn["round_learning_rate"] == 0.01, cnn
+assert mlp["lr_decay"] == 0.8 and abs(mlp["round_learning_rate"] - 0.0016) < 1e-12, mlp
 assert cnn["num_examples"] == 600 and cnn["round"] == 2 and cnn["steps"] == 19, cnn' ||
         fail "train metadata: $(cat seed-update.npz-metadata mlp-update.npz-metadata)"
 
@@ -44,4 +47,14 @@ assert cnn["num_examples"] == 600 and cnn["round"] == 2 and cnn["steps"] == 19, 
     run_fedcli model diff round3.npz seed-update.npz
     expect_rc 0
     if grep -q "identical: 0 of" "$WORK/out"; then fail "round 3 trained exactly like round 2"; fi
+
+    # The learning-rate schedule counts the session's rounds, which the combiner sends as
+    # session_round (round ids count on across sessions).
+    run_fedcli run train "${flags[@]}" --input mlp.npz --output first.npz --round 12 \
+        --settings '{"session_round": 1}'
+    expect_rc 0
+    "$PYTHON" -c 'import json, sys
+m = json.load(open(sys.argv[1]))
+assert m["round"] == 12 and m["round_learning_rate"] == 0.002, m' first.npz-metadata ||
+        fail "session_round: $(cat first.npz-metadata)"
 }
