@@ -57,4 +57,8 @@ assert cnn["num_examples"] == 600 and cnn["round"] == 2 and cnn["steps"] == 19, 
 m = json.load(open(sys.argv[1]))
 assert m["round"] == 12 and m["round_learning_rate"] == 0.002, m' first.npz-metadata ||
         fail "session_round: $(cat first.npz-metadata)"
+    run_fedcli run train "${flags[@]}" --input mlp.npz --output decay.npz \
+        --settings '{"lr_decay": 1.5}'
+    expect_rc 1
+    expect_in err "0 < lr_decay <= 1"
 }
