@@ -317,7 +317,7 @@ nlohmann::ordered_json parse_settings(const std::vector<std::string>& items,
         }
         std::string key = item.substr(0, equals);
         std::string text = item.substr(equals + 1);
-        if (key == "round" || key == "session_id") {
+        if (key == "round" || key == "session_round" || key == "session_id") {
             throw UsageError("--settings: '" + key + "' is set by the combiner for each task",
                              command);
         }

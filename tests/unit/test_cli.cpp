@@ -510,6 +510,10 @@ TEST_CASE("operator commands check their options before connecting", "[cli]") {
                                  "--combiner", "127.0.0.1:1"});
     CHECK(bad_settings.exit_code == 2);
     CHECK(contains(bad_settings.err, "'round' is set by the combiner"));
+    auto reserved = run_cli({"session", "start", "--rounds", "1", "--settings", "session_round=1",
+                             "--combiner", "127.0.0.1:1"});
+    CHECK(reserved.exit_code == 2);
+    CHECK(contains(reserved.err, "'session_round' is set by the combiner"));
     auto bad_target = run_cli({"clients", "list", "--combiner", "no-port"});
     CHECK(bad_target.exit_code == 1);
     CHECK(contains(bad_target.err, "--combiner"));
