@@ -6,9 +6,9 @@ Round settings (INPUT-metadata, from the combiner or `fedcli run train --setting
     epochs         local epochs (1)
     batch_size     (32)
     optimizer      sgd (SGD with momentum; the CNN's default) | adam (the MLP's default)
-    learning_rate  (sgd: 0.01, adam: 0.002; "lr" is accepted too)
+    learning_rate  (sgd: 0.02, adam: 0.002; "lr" is accepted too)
     lr_decay       the learning rate of the session's round R is
-                   learning_rate * lr_decay^(R-1)  (sgd: 1, adam: 0.8)
+                   learning_rate * lr_decay^(R-1)  (0.8)
     momentum       for sgd (0.9)
     round          the round number, when FEDCLI_ROUND is not set (0)
     session_round  the round's number within the session (from the combiner; default: round)
@@ -30,8 +30,8 @@ from model import load_model, save_model, torch
 
 
 DEFAULT_OPTIMIZER = {"cnn": "sgd", "mlp": "adam"}
-DEFAULT_LEARNING_RATE = {"sgd": 0.01, "adam": 0.002}
-DEFAULT_LR_DECAY = {"sgd": 1.0, "adam": 0.8}
+DEFAULT_LEARNING_RATE = {"sgd": 0.02, "adam": 0.002}
+DEFAULT_LR_DECAY = 0.8
 
 
 def training_settings(settings, model_name):
@@ -54,7 +54,7 @@ def training_settings(settings, model_name):
         raise SystemExit("round setting optimizer=%s: expected sgd or adam" % chosen["optimizer"])
     chosen["learning_rate"] = get("learning_rate", settings.get(
         "lr", DEFAULT_LEARNING_RATE[chosen["optimizer"]]), float)
-    chosen["lr_decay"] = get("lr_decay", DEFAULT_LR_DECAY[chosen["optimizer"]], float)
+    chosen["lr_decay"] = get("lr_decay", DEFAULT_LR_DECAY, float)
     if (chosen["epochs"] < 1 or chosen["batch_size"] < 1 or not chosen["learning_rate"] > 0
             or not 0 < chosen["lr_decay"] <= 1):
         raise SystemExit("round settings need epochs >= 1, batch_size >= 1, learning_rate > 0 "

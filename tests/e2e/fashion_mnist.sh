@@ -27,10 +27,10 @@ assert m["training_accuracy"] > 0.15 and 0 < m["test_accuracy"] <= 1, m' $model-
     done
     "$PYTHON" -c 'import json
 cnn, mlp = (json.load(open(f + "-update.npz-metadata")) for f in ("seed", "mlp"))
-assert cnn["model"] == "cnn" and cnn["optimizer"] == "sgd" and cnn["learning_rate"] == 0.01, cnn
+assert cnn["model"] == "cnn" and cnn["optimizer"] == "sgd" and cnn["learning_rate"] == 0.02, cnn
 assert mlp["model"] == "mlp" and mlp["optimizer"] == "adam" and mlp["learning_rate"] == 0.002, mlp
-# Round 2: the MLP learning rate has decayed once (0.8), the CNN one stays.
-assert cnn["lr_decay"] == 1 and cnn["round_learning_rate"] == 0.01, cnn
+# Round 2: the learning rates have shrunk once (x0.8).
+assert cnn["lr_decay"] == 0.8 and abs(cnn["round_learning_rate"] - 0.016) < 1e-12, cnn
 assert mlp["lr_decay"] == 0.8 and abs(mlp["round_learning_rate"] - 0.0016) < 1e-12, mlp
 assert cnn["num_examples"] == 600 and cnn["round"] == 2 and cnn["steps"] == 19, cnn' ||
         fail "train metadata: $(cat seed-update.npz-metadata mlp-update.npz-metadata)"
