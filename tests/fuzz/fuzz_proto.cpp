@@ -101,7 +101,7 @@ bool parse(std::string_view record, Message& message) {
     if (!again.ParseFromString(once)) finding("cannot parse a serialized message");
     std::string twice = serialize(again);
     if (twice != once) {
-        finding(std::string(Message::descriptor()->full_name()) + " serialization is not stable");
+        finding(message.GetTypeName() + " serialization is not stable");
     }
     return true;
 }
