@@ -389,7 +389,9 @@ class CombinerCore {
     void close_tasks(const std::vector<std::string>& task_ids, const std::string& reason);
     /// Requires m_mutex.
     v1::RoundInfo& round_info(std::size_t session_index, std::uint64_t round_id);
-    std::string task_settings(const SessionRecord& session, std::uint64_t round_id) const;
+    /// The settings JSON of the session's tasks for `round`: the session's settings plus
+    /// round, session_round and session_id.
+    std::string task_settings(const SessionRecord& session, const v1::RoundInfo& round) const;
 
     /// Writes an event line. With `status`, it also becomes GetStatus.message (requires
     /// m_mutex then).

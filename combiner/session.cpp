@@ -25,15 +25,13 @@ v1::RoundInfo& CombinerCore::round_info(std::size_t session_index, std::uint64_t
 }
 
 std::string CombinerCore::task_settings(const SessionRecord& session,
-                                        std::uint64_t round_id) const {
+                                        const v1::RoundInfo& round) const {
     nlohmann::json settings = nlohmann::json::object();
     if (!session.config.settings_json().empty()) {
         settings = nlohmann::json::parse(session.config.settings_json());  // checked at start
     }
-    settings["round"] = round_id;
-    for (const auto& round : session.rounds) {
-        if (round.round_id() == round_id) settings["session_round"] = round.session_round();
-    }
+    settings["round"] = round.round_id();
+    settings["session_round"] = round.session_round();
     settings["session_id"] = session.id;
     return settings.dump();
 }
@@ -290,7 +288,7 @@ CombinerCore::RoundEnd CombinerCore::run_round(ActiveSession* active, std::size_
         round.set_started_unix_ms(started_ms);
         round.set_clients_selected(static_cast<std::uint32_t>(candidates.size()));
         persist_round(round);
-        const std::string settings = task_settings(m_state.sessions[session_index], round_id);
+        const std::string settings = task_settings(m_state.sessions[session_index], round);
         for (const auto& client_id : candidates) {
             TaskRecord task;
             task.task_id = random_hex(16);
@@ -522,7 +520,7 @@ bool CombinerCore::run_validation(ActiveSession* active, std::size_t session_ind
     if (active->stop_requested) return false;
     const SessionRecord& session = m_state.sessions[session_index];
     const auto timeout = std::chrono::milliseconds(session.config.round_timeout_ms());
-    const std::string settings = task_settings(session, round_id);
+    const std::string settings = task_settings(session, round_info(session_index, round_id));
     const std::int64_t started_ms = now_unix_ms();
     std::vector<std::string> task_ids;
     for (const auto& client_id : client_ids) {
