@@ -1,10 +1,18 @@
 // `fedcli client start`: runs the client daemon (client/client.hpp) in the foreground until
 // SIGINT or SIGTERM. It reconnects to the combiner forever; only problems no retry can fix
 // (a bad project folder, an unusable work folder) end it with an error.
+//
+// The command checks its options here, then replaces its process with the lean daemon
+// executable `fedcli-client` (client/main.cpp) when one sits next to fedcli, so the process
+// that runs for days maps only what the daemon needs; otherwise it runs the same daemon in
+// this process.
+#include <sys/mman.h>
 #include <unistd.h>
 
 #include <CLI/CLI.hpp>
+#include <cerrno>
 #include <climits>
+#include <iostream>
 #include <memory>
 
 #include "cli/app.hpp"
@@ -12,6 +20,7 @@
 #include "cli/commands.hpp"
 #include "cli/federation.hpp"
 #include "client/client.hpp"
+#include "core/dispatch/process.hpp"
 #include "core/error.hpp"
 #include "core/package/signature.hpp"
 #include "core/proto/rpc.hpp"
@@ -55,6 +64,34 @@ std::string folder_safe(const std::string& name) {
     }
     if (safe.empty() || safe == "." || safe == "..") safe = "client";
     return safe;
+}
+
+/// Replaces this process with the lean daemon executable, `fedcli-client` next to this one,
+/// handing it `settings` as JSON on an inherited memory file (the token never shows in the
+/// process list). Returns only when there is no such executable or it cannot be started;
+/// the caller then runs the daemon in this process.
+void exec_daemon(const client::Options& settings) {
+    if (settings.fedcli_executable.empty()) return;
+    const std::filesystem::path daemon = settings.fedcli_executable.parent_path() / "fedcli-client";
+    if (::access(daemon.c_str(), X_OK) != 0) return;
+    const std::string document = client::options_to_json(settings).dump();
+    int fd = ::memfd_create("fedcli-client-options", 0);  // no MFD_CLOEXEC: the daemon reads it
+    if (fd < 0) return;
+    std::size_t written = 0;
+    while (written < document.size()) {
+        ssize_t n = ::write(fd, document.data() + written, document.size() - written);
+        if (n < 0 && errno == EINTR) continue;
+        if (n <= 0) break;
+        written += static_cast<std::size_t>(n);
+    }
+    if (written == document.size() && ::lseek(fd, 0, SEEK_SET) == 0) {
+        std::cout.flush();
+        std::cerr.flush();
+        const std::string fd_text = std::to_string(fd);
+        const char* argv[] = {"fedcli-client", "--options-fd", fd_text.c_str(), nullptr};
+        ::execv(daemon.c_str(), const_cast<char* const*>(argv));
+    }
+    ::close(fd);
 }
 
 int client_start(const StartOptions& options, std::ostream& out) {
@@ -106,24 +143,16 @@ int client_start(const StartOptions& options, std::ostream& out) {
     // A client never falls back to the operator's admin token file.
     settings.channel = channel_options(options.access, options.combiner, false);
 
-    // Before any thread exists (the client's and gRPC's inherit the blocked mask).
-    SignalWaiter signals;
-    out.setf(std::ios::unitbuf);
-    settings.log = &out;
-    out << "client '" << settings.name << "' connecting to " << settings.combiner << " (work dir "
-        << settings.work_dir.string() << ", "
-        << (settings.project ? "project " + settings.project->string()
-                             : std::string("package from the combiner"))
-        << ")" << std::endl;
-
-    client::Client daemon(settings);
-    signals.start([&daemon](int) { daemon.stop(); });
-    daemon.run();
-    if (int signal = signals.received()) {
-        out << util::utc_timestamp() << " client stopped (" << signal_name(signal) << ")"
-            << std::endl;
+    // Runs `fedcli package extract` for packages from the combiner, and locates fedcli-client.
+    try {
+        settings.fedcli_executable = dispatch::self_executable();
+    } catch (const Error&) {
+        // No /proc: packages from the combiner cannot be unpacked (the client says so).
     }
-    return k_exit_success;
+    // Only when the log is this process's stdout: a caller that collects the log (a test)
+    // keeps the daemon in its own process.
+    if (&out == &std::cout) exec_daemon(settings);
+    return client::serve(std::move(settings), out);
 }
 
 Action setup_start(CLI::App& command, const Streams& streams) {

@@ -20,6 +20,7 @@
 #include "cli/federation.hpp"
 #include "combiner/combiner.hpp"
 #include "combiner/db.hpp"
+#include "core/dispatch/interrupt.hpp"
 #include "core/error.hpp"
 #include "core/util/limits.hpp"
 #include "core/util/suggest.hpp"
@@ -174,7 +175,7 @@ int combiner_start(const StartOptions& options, std::ostream& out) {
     // 1 MiB transfer buffers it freed: with many clients transferring at once that is tens
     // of MiB held for nothing. Two arenas serve two cores' worth of handlers.
     mallopt(M_ARENA_MAX, 2);
-    SignalWaiter signals;
+    dispatch::SignalWaiter signals;
 
     combiner::Options settings;
     if (!options.config.empty()) {

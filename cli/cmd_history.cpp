@@ -15,6 +15,7 @@
 #include "cli/federation.hpp"
 #include "cli/report.hpp"
 #include "cli/text.hpp"
+#include "core/dispatch/interrupt.hpp"
 #include "core/error.hpp"
 #include "core/util/ids.hpp"
 #include "core/util/suggest.hpp"
@@ -277,7 +278,7 @@ int logs(const LogsOptions& options, std::ostream& out, std::ostream& err) {
     // Before any gRPC thread starts, so that they inherit the blocked signals and Ctrl-C
     // reaches the waiter, which cancels the call instead of killing the process mid-line.
     Canceller canceller;
-    SignalWaiter signals;
+    dispatch::SignalWaiter signals;
     signals.start([&canceller](int) { canceller.cancel(); });
 
     CombinerConnection connection(options.listing.combiner);

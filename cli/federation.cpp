@@ -2,8 +2,6 @@
 // a combiner, names, formatting and the JSON forms of protocol messages.
 #include "cli/federation.hpp"
 
-#include <pthread.h>
-
 #include <CLI/CLI.hpp>
 #include <algorithm>
 #include <cctype>
@@ -34,60 +32,6 @@ bool is_hex(std::string_view text) {
 }
 
 }  // namespace
-
-// ---------------------------------------------------------------------------------------
-// Signals
-
-SignalWaiter::SignalWaiter() {
-    sigset_t set;
-    sigemptyset(&set);
-    sigaddset(&set, SIGINT);
-    sigaddset(&set, SIGTERM);
-    pthread_sigmask(SIG_BLOCK, &set, &m_previous_mask);
-}
-
-void SignalWaiter::start(std::function<void(int)> on_signal) {
-    m_thread = std::thread([this, on_signal = std::move(on_signal)] {
-        sigset_t set;
-        sigemptyset(&set);
-        sigaddset(&set, SIGINT);
-        sigaddset(&set, SIGTERM);
-        while (true) {
-            int signal = 0;
-            if (sigwait(&set, &signal) != 0) continue;
-            if (m_closing.load()) return;
-            int expected = 0;
-            if (m_received.compare_exchange_strong(expected, signal)) {
-                on_signal(signal);
-            } else {
-                std::_Exit(128 + signal);  // a second Ctrl-C: the user does not want to wait
-            }
-        }
-    });
-}
-
-SignalWaiter::~SignalWaiter() {
-    if (m_thread.joinable()) {
-        m_closing.store(true);
-        pthread_kill(m_thread.native_handle(), SIGTERM);
-        m_thread.join();
-    }
-    // Drop signals still pending so that unblocking them does not kill the process.
-    sigset_t set;
-    sigemptyset(&set);
-    sigaddset(&set, SIGINT);
-    sigaddset(&set, SIGTERM);
-    timespec zero{};
-    while (sigtimedwait(&set, nullptr, &zero) > 0) {
-    }
-    pthread_sigmask(SIG_SETMASK, &m_previous_mask, nullptr);
-}
-
-std::string signal_name(int signal) {
-    if (signal == SIGINT) return "SIGINT";
-    if (signal == SIGTERM) return "SIGTERM";
-    return "signal " + std::to_string(signal);
-}
 
 // ---------------------------------------------------------------------------------------
 // The connection

@@ -1,11 +1,10 @@
 // Helpers shared by the federation commands (cli/cmd_combiner.cpp, cli/cmd_client.cpp,
-// cli/cmd_federation.cpp, cli/cmd_session.cpp, cli/cmd_history.cpp): signal handling for
-// the daemons, the operator's connection to a combiner's Control and Transfer services, the
-// names of protocol enums, the formatting of ids and times, and the JSON forms of protocol
-// messages that `--json` prints. Implemented in cli/federation.cpp.
+// cli/cmd_federation.cpp, cli/cmd_session.cpp, cli/cmd_history.cpp): the operator's connection to a
+// combiner's Control and Transfer services, the names of protocol enums, the formatting of ids and
+// times, and the JSON forms of protocol messages that `--json` prints. Implemented in
+// cli/federation.cpp.
 //
-// Thread-safety: SignalWaiter is driven by the thread that created it (its own thread only
-// calls the handler); CombinerConnection and ClientNames may be used from one thread at a
+// Thread-safety: CombinerConnection and ClientNames may be used from one thread at a
 // time; the free functions are pure.
 #pragma once
 
@@ -39,36 +38,6 @@ namespace fedcli::cli {
 /// Default `--combiner` of every command that talks to a combiner (env FEDCLI_COMBINER).
 inline constexpr const char* k_default_combiner = "127.0.0.1:12080";
 inline constexpr const char* k_combiner_env = "FEDCLI_COMBINER";
-
-/// Turns SIGINT and SIGTERM into a call on a thread of its own, so that a daemon shuts
-/// down through its normal API instead of inside a signal handler. The constructor blocks
-/// both signals in the calling thread; it must run before any other thread is started, so
-/// that every thread (gRPC's included) inherits the mask and only sigwait() sees them.
-/// Entry points are spawned with an empty mask (core/dispatch), so they still get signals.
-/// A second signal while the first is being handled exits at once with 128 + signal.
-class SignalWaiter {
-  public:
-    SignalWaiter();
-    /// Wakes and joins the waiting thread, discards signals still pending, and restores
-    /// the previous mask.
-    ~SignalWaiter();
-    SignalWaiter(const SignalWaiter&) = delete;
-    SignalWaiter& operator=(const SignalWaiter&) = delete;
-
-    /// Starts waiting; `on_signal(signal)` runs on the waiting thread for the first signal.
-    void start(std::function<void(int)> on_signal);
-    /// The first signal received, or 0.
-    int received() const { return m_received.load(); }
-
-  private:
-    sigset_t m_previous_mask;
-    std::atomic<int> m_received{0};
-    std::atomic<bool> m_closing{false};
-    std::thread m_thread;
-};
-
-/// "SIGINT", "SIGTERM", else "signal N".
-std::string signal_name(int signal);
 
 /// Environment variables of the access options (docs/security.md).
 inline constexpr const char* k_token_env = "FEDCLI_TOKEN";

@@ -22,6 +22,7 @@
 #include <variant>
 
 #include "core/dispatch/dispatch.hpp"
+#include "core/dispatch/interrupt.hpp"
 #include "core/error.hpp"
 #include "core/package/package.hpp"
 #include "core/project/project.hpp"
@@ -178,6 +179,7 @@ class Client::Impl {
     // Worker ------------------------------------------------------------------------------
     void worker_loop();
     void install_package(const InstallJob& job);
+    void unpack_package(const fs::path& archive, const fs::path& folder);
     /// Whether the package may run (Options::package_pins, trusted_keys,
     /// trust_any_package): says why it is trusted, or throws fedcli::Error saying why not.
     std::string check_trust(const InstallJob& job) const;
@@ -690,6 +692,41 @@ std::string Client::Impl::check_trust(const InstallJob& job) const {
                 job.sha256 + ", or --trust-any-package)");
 }
 
+void Client::Impl::unpack_package(const fs::path& archive, const fs::path& folder) {
+    // `fedcli package extract` unpacks into a temporary folder renamed into place (a crash
+    // never leaves half a package under the final name), in a child process: a hostile
+    // archive meets the package limits and the process's own memory and CPU-time caps, and
+    // the daemon never loads libarchive.
+    if (m_options.fedcli_executable.empty()) {
+        throw Error(
+            "cannot unpack the package: no fedcli executable to run (Options::fedcli_executable)");
+    }
+    const package::Limits& limits = m_options.package_limits;
+    dispatch::ProcessSpec spec;
+    spec.executable = m_options.fedcli_executable;
+    spec.argv = {"fedcli",
+                 "package",
+                 "extract",
+                 archive.string(),
+                 folder.string(),
+                 "--max-package-bytes=" + std::to_string(limits.max_package_bytes),
+                 "--max-entries=" + std::to_string(limits.max_entries),
+                 "--max-bytes=" + std::to_string(limits.max_total_bytes),
+                 "--max-file-bytes=" + std::to_string(limits.max_file_bytes)};
+    spec.limits.memory_bytes = std::uint64_t{1} << 30;
+    spec.limits.cpu_seconds = 300;
+    spec.tail_lines = 5;
+    spec.stop = m_stop.get_token();
+    dispatch::ProcessResult result = dispatch::run_process(spec);
+    if (!result.succeeded()) {
+        std::string reason = result.tail.empty() ? std::string() : result.tail.back();
+        const std::string prefix = "fedcli: error: ";
+        if (reason.rfind(prefix, 0) == 0) reason.erase(0, prefix.size());
+        throw Error("unpacking failed (`fedcli package extract` " + result.describe() + ")" +
+                    (reason.empty() ? std::string() : ": " + reason));
+    }
+}
+
 void Client::Impl::install_package(const InstallJob& job) {
     const auto started = Clock::now();
     set_status(v1::CLIENT_STATUS_PREPARING);
@@ -718,11 +755,7 @@ void Client::Impl::install_package(const InstallJob& job) {
                                      transfer);
                 log("package " + short_id(job.sha256) + " received");
             }
-            // extract() works in a temporary folder renamed into place: a crash never leaves
-            // a half package under the final name.
-            package::ExtractOptions extract;
-            extract.limits = m_options.package_limits;
-            package::extract(archive, folder, extract);
+            unpack_package(archive, folder);
         }
         project::Project project = project::load(folder);
         for (const std::string& problem : project::check_for_client(project)) {
@@ -1066,6 +1099,26 @@ void Client::run() {
 
 void Client::stop() {
     m_impl->stop();
+}
+
+int serve(Options options, std::ostream& out) {
+    // Before any thread exists: the client's and gRPC's threads inherit the blocked mask.
+    dispatch::SignalWaiter signals;
+    out.setf(std::ios::unitbuf);
+    options.log = &out;
+    out << "client '" << options.name << "' connecting to " << options.combiner << " (work dir "
+        << options.work_dir.string() << ", "
+        << (options.project ? "project " + options.project->string()
+                            : std::string("package from the combiner"))
+        << ")" << std::endl;
+    Client daemon(std::move(options));
+    signals.start([&daemon](int) { daemon.stop(); });
+    daemon.run();
+    if (int signal = signals.received()) {
+        out << utc_timestamp() << " client stopped (" << dispatch::signal_name(signal) << ")"
+            << std::endl;
+    }
+    return 0;
 }
 
 }  // namespace fedcli::client

@@ -19,6 +19,7 @@
 #include <chrono>
 #include <filesystem>
 #include <memory>
+#include <nlohmann/json_fwd.hpp>
 #include <optional>
 #include <ostream>
 #include <string>
@@ -57,6 +58,10 @@ struct Options {
     dispatch::ResourceLimits entry_point_limits;
     /// Limits for the packages the client unpacks (core/package/package.hpp).
     package::Limits package_limits;
+    /// The fedcli executable that unpacks packages from the combiner: the client runs
+    /// `fedcli package extract` (with package_limits) as a child process, so the daemon
+    /// never parses an archive itself (docs/security.md). Unused with `project`.
+    std::filesystem::path fedcli_executable;
     /// Which packages the client runs (docs/security.md, Trusted packages): one whose
     /// sha256 is pinned here, or one signed by a trusted key. With `trust_any_package`,
     /// any package runs (a warning is logged); otherwise any other package is refused.
@@ -88,5 +93,17 @@ class Client {
     class Impl;
     std::unique_ptr<Impl> m_impl;
 };
+
+/// Runs a client in the foreground until SIGINT or SIGTERM, as `fedcli client start` does:
+/// logs to `out` (options.log), one line when it starts and one when a signal stops it.
+/// Blocks both signals in the calling thread first, so call it before any other thread
+/// exists. Returns 0; throws like Client::run().
+int serve(Options options, std::ostream& out);
+
+/// The options as JSON and back, every field but `log`: `fedcli client start` hands them to
+/// the `fedcli-client` executable this way (client/main.cpp). options_from_json() throws
+/// fedcli::Error naming the field that is missing or malformed.
+nlohmann::json options_to_json(const Options& options);
+Options options_from_json(const nlohmann::json& json);
 
 }  // namespace fedcli::client

@@ -1,10 +1,12 @@
 #include "core/dispatch/interrupt.hpp"
 
 #include <fcntl.h>
+#include <pthread.h>
 #include <unistd.h>
 
 #include <atomic>
 #include <cerrno>
+#include <cstdlib>
 #include <cstring>
 #include <string>
 
@@ -63,6 +65,54 @@ InterruptGuard::~InterruptGuard() {
 
 int InterruptGuard::signal() const {
     return g_caught.load();
+}
+
+// ---------------------------------------------------------------------------------------
+// SignalWaiter
+
+SignalWaiter::SignalWaiter() {
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGINT);
+    sigaddset(&set, SIGTERM);
+    pthread_sigmask(SIG_BLOCK, &set, &m_previous_mask);
+}
+
+void SignalWaiter::start(std::function<void(int)> on_signal) {
+    m_thread = std::thread([this, on_signal = std::move(on_signal)] {
+        sigset_t set;
+        sigemptyset(&set);
+        sigaddset(&set, SIGINT);
+        sigaddset(&set, SIGTERM);
+        while (true) {
+            int signal = 0;
+            if (sigwait(&set, &signal) != 0) continue;
+            if (m_closing.load()) return;
+            int expected = 0;
+            if (m_received.compare_exchange_strong(expected, signal)) {
+                on_signal(signal);
+            } else {
+                std::_Exit(128 + signal);  // a second Ctrl-C: the user does not want to wait
+            }
+        }
+    });
+}
+
+SignalWaiter::~SignalWaiter() {
+    if (m_thread.joinable()) {
+        m_closing.store(true);
+        pthread_kill(m_thread.native_handle(), SIGTERM);
+        m_thread.join();
+    }
+    // Drop signals still pending so that unblocking them does not kill the process.
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGINT);
+    sigaddset(&set, SIGTERM);
+    timespec zero{};
+    while (sigtimedwait(&set, nullptr, &zero) > 0) {
+    }
+    pthread_sigmask(SIG_SETMASK, &m_previous_mask, nullptr);
 }
 
 }  // namespace fedcli::dispatch

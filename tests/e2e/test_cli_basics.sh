@@ -46,3 +46,17 @@ torch_libs=$(ldd "$FEDCLI" | awk '{print $1}' | grep -E '^lib(torch|c10)' || tru
 if [ -n "$torch_libs" ]; then
     fail "fedcli links LibTorch: $torch_libs"
 fi
+
+# The client daemon's executable, next to fedcli, is leaner still: no LibTorch, and none of
+# the libraries only other commands use (packages are unpacked by a fedcli child process).
+daemon=$(dirname "$FEDCLI")/fedcli-client
+[ -x "$daemon" ] || fail "no fedcli-client next to $FEDCLI"
+extra_libs=$(ldd "$daemon" | awk '{print $1}' | grep -E '^lib(torch|c10|archive|sqlite3|xml2|icu)' || true)
+if [ -n "$extra_libs" ]; then
+    fail "fedcli-client links more than the daemon needs: $extra_libs"
+fi
+alone=$("$daemon" 2>&1; echo "rc=$?")
+case $alone in
+*"fedcli client start"*"rc=2") ;;
+*) fail "fedcli-client without options should point to fedcli client start: $alone" ;;
+esac

@@ -28,6 +28,16 @@ for i in 0 1 2; do
 done
 wait_clients_idle 3 120
 
+# `fedcli client start` hands over to the lean fedcli-client executable, which installed the
+# package without loading libarchive (a `fedcli package extract` child unpacked it).
+for i in 0 1 2; do
+    pid=${CLIENT_PIDS[c$i]}
+    exe=$(readlink "/proc/$pid/exe")
+    [[ $exe == */fedcli-client ]] || fail "client c$i runs $exe, not fedcli-client"
+    if grep -q libarchive "/proc/$pid/maps"; then fail "client c$i maps libarchive"; fi
+    grep -q "package .* installed" "$WORK/client-c$i.log" || fail "client c$i installed no package"
+done
+
 run_fedcli clients list
 expect_rc 0
 expect_in out "3 of 3 clients online"

@@ -15,6 +15,7 @@
 #include <functional>
 #include <memory>
 #include <mutex>
+#include <nlohmann/json.hpp>
 #include <optional>
 #include <random>
 #include <sstream>
@@ -420,6 +421,7 @@ fedcli::client::Options client_options(const FakeCombiner& combiner, const fs::p
     options.python = fedcli::test::python();
     options.backoff_initial = 50ms;
     options.backoff_max = 400ms;
+    options.fedcli_executable = FEDCLI_BINARY;  // unpacks packages
     return options;
 }
 
@@ -764,10 +766,124 @@ TEST_CASE("a broken package leaves the client connected, idle and without a pack
     REQUIRE(
         federation.wait([&] { return federation.last_state("t-1") == v1::TASK_STATE_REJECTED; }));
     client.stop();
-    CHECK(client.log().find("package " + sha.substr(0, 8) + " not installed") != std::string::npos);
+    // The reason comes from the `fedcli package extract` child that unpacked it.
+    const std::string log = client.log();
+    INFO(log);
+    CHECK(log.find("package " + sha.substr(0, 8) + " not installed: unpacking failed") !=
+          std::string::npos);
+    CHECK(log.find("garbage.tgz") == std::string::npos);  // the client's own copy is named
+    CHECK(log.find(sha + ".tgz") != std::string::npos);
     std::lock_guard lock(federation.mutex);
     for (const auto& heartbeat : federation.heartbeats) CHECK(heartbeat.package_sha256().empty());
     CHECK_FALSE(fs::exists(dir / "work" / "package" / sha));
+}
+
+TEST_CASE("the unpacking child applies the client's package limits") {
+    TempDir dir;
+    fs::create_directories(dir / "project" / "data");
+    write_file(dir / "project" / "fedcli.yaml", "entry_points:\n  train:\n    command: true\n");
+    for (int i = 0; i < 5; ++i) write_file(dir / "project" / "data" / std::to_string(i), "x");
+    auto created = fedcli::package::create(dir / "project", dir / "package.tgz");
+    FakeCombiner combiner(dir / "server");
+    auto& federation = combiner.federation;
+    const std::string sha = combiner.transfer.store(dir / "package.tgz");
+    v1::PackageAvailable offer;
+    offer.set_sha256(sha);
+    federation.package = offer;
+
+    auto options = client_options(combiner, dir / "work");
+    options.package_pins = {sha};
+    options.package_limits.max_entries = 4;  // the package holds 7
+    RunningClient client(options);
+    const std::string refused = "the archive holds more than 4 entries";
+    REQUIRE(federation.wait([&] { return client.log().find(refused) != std::string::npos; }));
+    client.stop();
+    CHECK(client.log().find("package " + sha.substr(0, 8) + " not installed: unpacking failed") !=
+          std::string::npos);
+    CHECK_FALSE(fs::exists(dir / "work" / "package" / sha));
+}
+
+TEST_CASE("the client's options survive the JSON hand-over to fedcli-client") {
+    fedcli::client::Options options;
+    options.combiner = "combiner.example.org:12080";
+    options.name = "c1 \"quoted\"";
+    options.project = "/srv/project";
+    options.work_dir = "/var/lib/fedcli/c1";
+    options.python = "/usr/bin/python3";
+    options.data_path = "/data";
+    options.backoff_initial = 123ms;
+    options.backoff_max = 4567ms;
+    options.environment = {{"A", "1"}, {"B", "x=y"}};
+    options.entry_point_timeout = 90s;
+    options.entry_point_limits.memory_bytes = std::uint64_t{3} << 30;
+    options.entry_point_limits.open_files = 256;
+    options.package_limits.max_entries = 77;
+    options.package_limits.max_file_bytes = 12345;
+    options.fedcli_executable = "/usr/bin/fedcli";
+    options.package_pins = {std::string(64, 'a')};
+    fedcli::package::PublicKey key;
+    for (std::size_t i = 0; i < key.bytes.size(); ++i)
+        key.bytes[i] = static_cast<unsigned char>(i * 9);
+    options.trusted_keys = {key};
+    options.trust_any_package = true;
+    options.echo_output = true;
+    options.channel.token = "secret-token";
+    options.channel.ca_file = "/etc/fedcli/ca.pem";
+    options.channel.cert_file = "c.pem";
+    options.channel.key_file = "c.key";
+    options.channel.insecure = true;
+
+    const nlohmann::json sent = fedcli::client::options_to_json(options);
+    const auto received = fedcli::client::options_from_json(nlohmann::json::parse(sent.dump()));
+    CHECK(fedcli::client::options_to_json(received) == sent);
+    CHECK(received.name == options.name);
+    CHECK(received.project == options.project);
+    CHECK(received.backoff_max == 4567ms);
+    CHECK(received.environment == options.environment);
+    CHECK(received.entry_point_timeout == std::optional<std::chrono::milliseconds>(90s));
+    CHECK(received.entry_point_limits.memory_bytes == options.entry_point_limits.memory_bytes);
+    CHECK_FALSE(received.entry_point_limits.cpu_seconds);
+    CHECK(received.package_limits.max_entries == 77);
+    REQUIRE(received.trusted_keys.size() == 1);
+    CHECK(received.trusted_keys[0].bytes == key.bytes);
+    CHECK(received.channel.token == "secret-token");
+    CHECK(received.channel.insecure);
+
+    // Unset optionals stay unset.
+    fedcli::client::Options plain;
+    const auto round_trip =
+        fedcli::client::options_from_json(fedcli::client::options_to_json(plain));
+    CHECK_FALSE(round_trip.project);
+    CHECK_FALSE(round_trip.python);
+    CHECK_FALSE(round_trip.entry_point_timeout);
+    CHECK(round_trip.package_limits.max_total_bytes == plain.package_limits.max_total_bytes);
+}
+
+TEST_CASE("malformed client options are refused naming the field") {
+    const nlohmann::json good = fedcli::client::options_to_json(fedcli::client::Options{});
+    auto refused = [](const nlohmann::json& document) {
+        try {
+            fedcli::client::options_from_json(document);
+        } catch (const fedcli::Error& error) {
+            return std::string(error.what());
+        }
+        return std::string("accepted");
+    };
+    nlohmann::json missing = good;
+    missing.erase("combiner");
+    CHECK(refused(missing) == "client options: options.combiner: missing");
+    nlohmann::json wrong = good;
+    wrong["channel"]["insecure"] = "yes";
+    CHECK(refused(wrong) == "client options: options.channel.insecure: expected true or false");
+    nlohmann::json negative = good;
+    negative["package_limits"]["max_entries"] = -1;
+    CHECK(refused(negative) ==
+          "client options: options.package_limits.max_entries: expected a number >= 0");
+    nlohmann::json key = good;
+    key["trusted_keys"] = {std::string(63, 'a') + "g"};
+    CHECK(refused(key) == "client options: options.trusted_keys: expected 64 hex digits");
+    CHECK(refused(nlohmann::json::array()) == "client options: options: expected an object");
+    CHECK(refused(good) == "accepted");
 }
 
 TEST_CASE("train and validate tasks run the numpy template and report their results") {
@@ -1067,6 +1183,7 @@ TEST_CASE("with the real combiner a packaged numpy project trains, and the round
     options.python = fedcli::test::python();
     options.backoff_initial = 50ms;
     options.backoff_max = 400ms;
+    options.fedcli_executable = FEDCLI_BINARY;
     RunningClient client(options);
 
     auto ready = [&] {

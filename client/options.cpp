@@ -1,0 +1,197 @@
+// client::Options as JSON: how `fedcli client start` hands its checked options to the
+// `fedcli-client` executable (client/main.cpp). Every field but `log` travels; durations are
+// milliseconds, paths strings, public keys 64 hex digits, unset optionals null.
+#include <cstring>
+#include <nlohmann/json.hpp>
+
+#include "client/client.hpp"
+#include "core/error.hpp"
+
+namespace fedcli::client {
+
+namespace {
+
+using nlohmann::json;
+namespace fs = std::filesystem;
+
+constexpr const char* k_hex_digits = "0123456789abcdef";
+
+std::string key_hex(const package::PublicKey& key) {
+    std::string text;
+    for (unsigned char byte : key.bytes) {
+        text += k_hex_digits[byte >> 4];
+        text += k_hex_digits[byte & 15];
+    }
+    return text;
+}
+
+json optional_number(const std::optional<std::uint64_t>& value) {
+    return value ? json(*value) : json(nullptr);
+}
+
+/// Reads the fields of one JSON object, naming the field in every error.
+class Fields {
+  public:
+    Fields(const json& object, std::string where) : m_object(object), m_where(std::move(where)) {
+        if (!m_object.is_object()) fail(m_where, "expected an object");
+    }
+
+    const json& at(const char* name) const {
+        auto found = m_object.find(name);
+        if (found == m_object.end()) fail(path(name), "missing");
+        return *found;
+    }
+    std::string string(const char* name) const {
+        const json& value = at(name);
+        if (!value.is_string()) fail(path(name), "expected a string");
+        return value.get<std::string>();
+    }
+    std::uint64_t number(const char* name) const {
+        const json& value = at(name);
+        const bool whole = value.is_number_unsigned() ||
+                           (value.is_number_integer() && value.get<std::int64_t>() >= 0);
+        if (!whole) fail(path(name), "expected a number >= 0");
+        return value.get<std::uint64_t>();
+    }
+    std::optional<std::uint64_t> optional_number(const char* name) const {
+        if (at(name).is_null()) return std::nullopt;
+        return number(name);
+    }
+    std::optional<std::string> optional_string(const char* name) const {
+        if (at(name).is_null()) return std::nullopt;
+        return string(name);
+    }
+    bool boolean(const char* name) const {
+        const json& value = at(name);
+        if (!value.is_boolean()) fail(path(name), "expected true or false");
+        return value.get<bool>();
+    }
+    std::vector<std::string> strings(const char* name) const {
+        const json& value = at(name);
+        if (!value.is_array()) fail(path(name), "expected an array of strings");
+        std::vector<std::string> items;
+        for (const json& item : value) {
+            if (!item.is_string()) fail(path(name), "expected an array of strings");
+            items.push_back(item.get<std::string>());
+        }
+        return items;
+    }
+    Fields object(const char* name) const { return Fields(at(name), path(name)); }
+    std::string path(const char* name) const { return m_where + "." + name; }
+
+    [[noreturn]] static void fail(const std::string& field, const std::string& problem) {
+        throw Error("client options: " + field + ": " + problem);
+    }
+
+  private:
+    const json& m_object;
+    std::string m_where;
+};
+
+package::PublicKey key_from_hex(const std::string& text, const std::string& field) {
+    package::PublicKey key;
+    if (text.size() != key.bytes.size() * 2) Fields::fail(field, "expected 64 hex digits");
+    auto digit = [&](char c) -> unsigned {
+        const char* found = std::strchr(k_hex_digits, c);
+        if (c == '\0' || !found) Fields::fail(field, "expected 64 hex digits");
+        return static_cast<unsigned>(found - k_hex_digits);
+    };
+    for (std::size_t i = 0; i < key.bytes.size(); ++i) {
+        key.bytes[i] = static_cast<unsigned char>(digit(text[2 * i]) << 4 | digit(text[2 * i + 1]));
+    }
+    return key;
+}
+
+}  // namespace
+
+json options_to_json(const Options& options) {
+    json environment = json::array();
+    for (const auto& [name, value] : options.environment) environment.push_back({name, value});
+    json keys = json::array();
+    for (const package::PublicKey& key : options.trusted_keys) keys.push_back(key_hex(key));
+    const dispatch::ResourceLimits& limits = options.entry_point_limits;
+    const package::Limits& package_limits = options.package_limits;
+    const proto::ChannelOptions& channel = options.channel;
+    return json{
+        {"combiner", options.combiner},
+        {"name", options.name},
+        {"project", options.project ? json(options.project->string()) : json(nullptr)},
+        {"work_dir", options.work_dir.string()},
+        {"python", options.python ? json(*options.python) : json(nullptr)},
+        {"data_path", options.data_path ? json(options.data_path->string()) : json(nullptr)},
+        {"backoff_initial_ms", options.backoff_initial.count()},
+        {"backoff_max_ms", options.backoff_max.count()},
+        {"environment", environment},
+        {"entry_point_timeout_ms",
+         options.entry_point_timeout ? json(options.entry_point_timeout->count()) : json(nullptr)},
+        {"entry_point_limits",
+         {{"memory_bytes", optional_number(limits.memory_bytes)},
+          {"cpu_seconds", optional_number(limits.cpu_seconds)},
+          {"open_files", optional_number(limits.open_files)}}},
+        {"package_limits",
+         {{"max_package_bytes", package_limits.max_package_bytes},
+          {"max_entries", package_limits.max_entries},
+          {"max_total_bytes", package_limits.max_total_bytes},
+          {"max_file_bytes", package_limits.max_file_bytes}}},
+        {"fedcli_executable", options.fedcli_executable.string()},
+        {"package_pins", options.package_pins},
+        {"trusted_keys", keys},
+        {"trust_any_package", options.trust_any_package},
+        {"echo_output", options.echo_output},
+        {"channel",
+         {{"token", channel.token},
+          {"ca_file", channel.ca_file.string()},
+          {"cert_file", channel.cert_file.string()},
+          {"key_file", channel.key_file.string()},
+          {"insecure", channel.insecure}}},
+    };
+}
+
+Options options_from_json(const json& document) {
+    const Fields fields(document, "options");
+    Options options;
+    options.combiner = fields.string("combiner");
+    options.name = fields.string("name");
+    if (auto project = fields.optional_string("project")) options.project = fs::path(*project);
+    options.work_dir = fields.string("work_dir");
+    options.python = fields.optional_string("python");
+    if (auto data = fields.optional_string("data_path")) options.data_path = fs::path(*data);
+    options.backoff_initial = std::chrono::milliseconds(fields.number("backoff_initial_ms"));
+    options.backoff_max = std::chrono::milliseconds(fields.number("backoff_max_ms"));
+    const json& environment = fields.at("environment");
+    if (!environment.is_array()) Fields::fail(fields.path("environment"), "expected an array");
+    for (const json& pair : environment) {
+        if (!pair.is_array() || pair.size() != 2 || !pair[0].is_string() || !pair[1].is_string()) {
+            Fields::fail(fields.path("environment"), "expected [NAME, VALUE] pairs");
+        }
+        options.environment.emplace_back(pair[0].get<std::string>(), pair[1].get<std::string>());
+    }
+    if (auto timeout = fields.optional_number("entry_point_timeout_ms")) {
+        options.entry_point_timeout = std::chrono::milliseconds(*timeout);
+    }
+    const Fields limits = fields.object("entry_point_limits");
+    options.entry_point_limits.memory_bytes = limits.optional_number("memory_bytes");
+    options.entry_point_limits.cpu_seconds = limits.optional_number("cpu_seconds");
+    options.entry_point_limits.open_files = limits.optional_number("open_files");
+    const Fields package_limits = fields.object("package_limits");
+    options.package_limits.max_package_bytes = package_limits.number("max_package_bytes");
+    options.package_limits.max_entries = package_limits.number("max_entries");
+    options.package_limits.max_total_bytes = package_limits.number("max_total_bytes");
+    options.package_limits.max_file_bytes = package_limits.number("max_file_bytes");
+    options.fedcli_executable = fields.string("fedcli_executable");
+    options.package_pins = fields.strings("package_pins");
+    for (const std::string& key : fields.strings("trusted_keys")) {
+        options.trusted_keys.push_back(key_from_hex(key, fields.path("trusted_keys")));
+    }
+    options.trust_any_package = fields.boolean("trust_any_package");
+    options.echo_output = fields.boolean("echo_output");
+    const Fields channel = fields.object("channel");
+    options.channel.token = channel.string("token");
+    options.channel.ca_file = channel.string("ca_file");
+    options.channel.cert_file = channel.string("cert_file");
+    options.channel.key_file = channel.string("key_file");
+    options.channel.insecure = channel.boolean("insecure");
+    return options;
+}
+
+}  // namespace fedcli::client
