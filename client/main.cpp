@@ -58,6 +58,12 @@ int main(int argc, char** argv) {
         } catch (const nlohmann::json::exception& error) {
             throw fedcli::Error(std::string("client options: ") + error.what());
         }
+        // Entry points that call fedcli back (FEDCLI_EXECUTABLE, docs/entry-points.md) must
+        // find fedcli, not this program; as everywhere, a value already set is kept. Before
+        // any thread exists.
+        if (!options.fedcli_executable.empty()) {
+            ::setenv("FEDCLI_EXECUTABLE", options.fedcli_executable.c_str(), 0);
+        }
         return fedcli::client::serve(std::move(options), std::cout);
     } catch (const std::exception& error) {
         std::cerr << "fedcli: error: " << error.what() << '\n';

@@ -113,6 +113,21 @@ run_fedcli model list
 expect_rc 0
 expect_in out "seed"
 
+# Entry points that call fedcli back find fedcli itself in FEDCLI_EXECUTABLE, not the
+# fedcli-client daemon that runs them.
+mkdir -p probe
+cat >probe/fedcli.yaml <<'YAML'
+entry_points:
+  startup:
+    command: sh -c 'echo "$FEDCLI_EXECUTABLE" > executable.txt'
+  train:
+    command: "true"
+YAML
+start_client probe --path probe
+wait_for 60 "the probe client's startup" test -s probe/executable.txt
+[[ $(cat probe/executable.txt) == "$(readlink -f "$FEDCLI")" ]] ||
+    fail "FEDCLI_EXECUTABLE is $(cat probe/executable.txt), not $(readlink -f "$FEDCLI")"
+
 # The combiner stops cleanly on SIGTERM.
 kill -TERM "$COMBINER_PID"
 set +e
