@@ -128,6 +128,12 @@ class ClientProcess {
         : m_name(std::move(name)), m_log_file(std::move(log_file)), m_log(m_log_file) {
         if (!m_log) throw Error(m_log_file.string() + ": cannot create the client's log");
         spec.log = &m_log;
+        spec.on_line = [this](std::string_view line, dispatch::Stream) {
+            // "... package 1a2b3c4d not installed: <why>; this client takes no tasks ..."
+            if (line.find(" not installed: ") == std::string_view::npos) return;
+            std::lock_guard lock(m_mutex);
+            m_install_failure = std::string(line);
+        };
         spec.stop = m_stop.get_token();
         m_thread = std::thread([this, spec = std::move(spec)]() mutable {
             std::string why;
@@ -152,6 +158,11 @@ class ClientProcess {
         std::lock_guard lock(m_mutex);
         return m_exit;
     }
+    /// The daemon's log line saying why its last package install failed, if one did.
+    std::optional<std::string> install_failure() const {
+        std::lock_guard lock(m_mutex);
+        return m_install_failure;
+    }
     /// SIGTERM to its process group (SIGKILL after the grace period) and wait.
     void stop() {
         m_stop.request_stop();
@@ -165,6 +176,7 @@ class ClientProcess {
     std::stop_source m_stop;
     mutable std::mutex m_mutex;
     std::optional<std::string> m_exit;
+    std::optional<std::string> m_install_failure;
     std::thread m_thread;
 };
 
@@ -289,6 +301,7 @@ class LocalRun {
     fs::path m_out_dir;
     fs::path m_seed;
     fs::path m_package;
+    std::string m_package_id;  // its sha256, once pushed
     std::string m_signature;
     std::ofstream m_combiner_log;
     Federation m_federation;
@@ -401,6 +414,7 @@ void LocalRun::start_combiner() {
     auto package =
         proto::upload_file(m_connection->transfer(), v1::TRANSFER_KIND_PACKAGE, m_package);
     v1::SetPackageRequest package_request;
+    m_package_id = package.id;
     package_request.set_sha256(package.id);
     package_request.set_name(m_project.name + ".tgz");
     package_request.set_signature(m_signature);
@@ -464,6 +478,18 @@ void LocalRun::check_clients() const {
             throw Error(client->name() + " stopped unexpectedly (" + *exit + "); see " +
                         client->log_file().string());
         }
+        // A client without a working package takes no tasks: the session would wait for it
+        // forever.
+        if (auto failure = client->install_failure()) {
+            std::string why = *failure;
+            auto at = why.find(" not installed: ");
+            why = why.substr(at + std::string_view(" not installed: ").size());
+            if (auto end = why.find("; this client takes no tasks"); end != std::string::npos) {
+                why.resize(end);
+            }
+            throw Error(client->name() + " could not install the compute package: " + why +
+                        "; see " + client->log_file().string());
+        }
     }
 }
 
@@ -477,7 +503,10 @@ bool LocalRun::wait_for_clients() {
             m_connection->call(&Stub::ListClients, v1::ListClientsRequest(), "listing the clients");
         std::size_t ready = 0;
         for (const auto& client : clients.clients()) {
-            if (client.online() && client.status() == v1::CLIENT_STATUS_IDLE) ++ready;
+            if (client.online() && client.status() == v1::CLIENT_STATUS_IDLE &&
+                client.package_sha256() == m_package_id) {
+                ++ready;
+            }
         }
         if (ready != shown) {
             m_out << "    " << ready << " of " << m_options.clients << " clients ready\n";

@@ -76,6 +76,18 @@ std::string first_line(const std::string& text) {
     return text.substr(0, text.find('\n'));
 }
 
+/// One line for the log: the first line, and when it announces more ("...output (...):"),
+/// the last non-empty line that follows, trimmed ("...: out of memory").
+std::string summary_line(const std::string& text) {
+    std::string line = first_line(text);
+    if (line.empty() || line.back() != ':' || line.size() == text.size()) return line;
+    std::string_view rest = std::string_view(text).substr(line.size());
+    while (!rest.empty() && (rest.back() == '\n' || rest.back() == ' ')) rest.remove_suffix(1);
+    std::string_view last = rest.substr(rest.rfind('\n') + 1);
+    while (!last.empty() && last.front() == ' ') last.remove_prefix(1);
+    return last.empty() ? line : line + " " + std::string(last);
+}
+
 std::string host_name() {
     char name[256] = {};
     if (::gethostname(name, sizeof name - 1) != 0 || name[0] == '\0') return "client";
@@ -783,7 +795,7 @@ void Client::Impl::install_package(const InstallJob& job) {
     } catch (const std::exception& failure) {
         if (!stopping()) {
             log("package " + short_id(job.sha256) +
-                " not installed: " + first_line(failure.what()) +
+                " not installed: " + summary_line(failure.what()) +
                 "; this client takes no tasks until a working package arrives");
         }
     }

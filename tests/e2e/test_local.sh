@@ -71,3 +71,22 @@ grep -q "interrupted: stopping session" "$WORK/run2.out" || fail "no word of the
 test -s "$WORK/run2/model.npz" || fail "no model after an interrupted run"
 test -s "$WORK/run2/report.html" || fail "no report after an interrupted run"
 no_daemons_under "$WORK/run2"
+
+# A package the clients cannot install (its startup fails) ends the run at once, naming the
+# client and the reason, instead of a session that waits for clients forever.
+cp -r proj broken
+"$PYTHON" - broken/fedcli.yaml <<'PY'
+import sys
+path = sys.argv[1]
+text = open(path).read()
+assert "startup:" not in text and "entry_points:\n" in text, text
+startup = "  startup:\n    command: sh -c 'echo no data here; exit 3'\n"
+open(path, "w").write(text.replace("entry_points:\n", "entry_points:\n" + startup, 1))
+PY
+run_fedcli local --path broken --clients 2 --rounds 1 --out "$WORK/broken-run" --python "$PYTHON"
+expect_rc 1
+expect_in err "could not install the compute package"
+expect_in err "exited with code 3"
+expect_in err "no data here"
+expect_in err "broken-run/logs/client-"
+no_daemons_under "$WORK/broken-run"
