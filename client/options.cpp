@@ -1,7 +1,6 @@
 // client::Options as JSON: how `fedcli client start` hands its checked options to the
 // `fedcli-client` executable (client/main.cpp). Every field but `log` travels; durations are
-// milliseconds, paths strings, public keys 64 hex digits, unset optionals null.
-#include <cstring>
+// milliseconds, paths strings, public keys their one-line text form, unset optionals null.
 #include <nlohmann/json.hpp>
 
 #include "client/client.hpp"
@@ -13,17 +12,6 @@ namespace {
 
 using nlohmann::json;
 namespace fs = std::filesystem;
-
-constexpr const char* k_hex_digits = "0123456789abcdef";
-
-std::string key_hex(const package::PublicKey& key) {
-    std::string text;
-    for (unsigned char byte : key.bytes) {
-        text += k_hex_digits[byte >> 4];
-        text += k_hex_digits[byte & 15];
-    }
-    return text;
-}
 
 json optional_number(const std::optional<std::uint64_t>& value) {
     return value ? json(*value) : json(nullptr);
@@ -88,27 +76,13 @@ class Fields {
     std::string m_where;
 };
 
-package::PublicKey key_from_hex(const std::string& text, const std::string& field) {
-    package::PublicKey key;
-    if (text.size() != key.bytes.size() * 2) Fields::fail(field, "expected 64 hex digits");
-    auto digit = [&](char c) -> unsigned {
-        const char* found = std::strchr(k_hex_digits, c);
-        if (c == '\0' || !found) Fields::fail(field, "expected 64 hex digits");
-        return static_cast<unsigned>(found - k_hex_digits);
-    };
-    for (std::size_t i = 0; i < key.bytes.size(); ++i) {
-        key.bytes[i] = static_cast<unsigned char>(digit(text[2 * i]) << 4 | digit(text[2 * i + 1]));
-    }
-    return key;
-}
-
 }  // namespace
 
 json options_to_json(const Options& options) {
     json environment = json::array();
     for (const auto& [name, value] : options.environment) environment.push_back({name, value});
     json keys = json::array();
-    for (const package::PublicKey& key : options.trusted_keys) keys.push_back(key_hex(key));
+    for (const package::PublicKey& key : options.trusted_keys) keys.push_back(key.text());
     const dispatch::ResourceLimits& limits = options.entry_point_limits;
     const package::Limits& package_limits = options.package_limits;
     const proto::ChannelOptions& channel = options.channel;
@@ -181,7 +155,8 @@ Options options_from_json(const json& document) {
     options.fedcli_executable = fields.string("fedcli_executable");
     options.package_pins = fields.strings("package_pins");
     for (const std::string& key : fields.strings("trusted_keys")) {
-        options.trusted_keys.push_back(key_from_hex(key, fields.path("trusted_keys")));
+        options.trusted_keys.push_back(
+            package::parse_public_key(key, "client options: " + fields.path("trusted_keys")));
     }
     options.trust_any_package = fields.boolean("trust_any_package");
     options.echo_output = fields.boolean("echo_output");
