@@ -47,6 +47,7 @@
 #include "cli/federation.hpp"
 #include "cli/report.hpp"
 #include "cli/text.hpp"
+#include "client/client.hpp"
 #include "combiner/combiner.hpp"
 #include "core/aggregate/aggregator.hpp"
 #include "core/dispatch/dispatch.hpp"
@@ -129,10 +130,10 @@ class ClientProcess {
         if (!m_log) throw Error(m_log_file.string() + ": cannot create the client's log");
         spec.log = &m_log;
         spec.on_line = [this](std::string_view line, dispatch::Stream) {
-            // "... package 1a2b3c4d not installed: <why>; this client takes no tasks ..."
-            if (line.find(" not installed: ") == std::string_view::npos) return;
-            std::lock_guard lock(m_mutex);
-            m_install_failure = std::string(line);
+            if (auto reason = client::install_failure_reason(line)) {
+                std::lock_guard lock(m_mutex);
+                m_install_failure = std::move(reason);
+            }
         };
         spec.stop = m_stop.get_token();
         m_thread = std::thread([this, spec = std::move(spec)]() mutable {
@@ -158,7 +159,7 @@ class ClientProcess {
         std::lock_guard lock(m_mutex);
         return m_exit;
     }
-    /// The daemon's log line saying why its last package install failed, if one did.
+    /// Why the daemon's last package install failed, if one did.
     std::optional<std::string> install_failure() const {
         std::lock_guard lock(m_mutex);
         return m_install_failure;
@@ -481,13 +482,7 @@ void LocalRun::check_clients() const {
         // A client without a working package takes no tasks: the session would wait for it
         // forever.
         if (auto failure = client->install_failure()) {
-            std::string why = *failure;
-            auto at = why.find(" not installed: ");
-            why = why.substr(at + std::string_view(" not installed: ").size());
-            if (auto end = why.find("; this client takes no tasks"); end != std::string::npos) {
-                why.resize(end);
-            }
-            throw Error(client->name() + " could not install the compute package: " + why +
+            throw Error(client->name() + " could not install the compute package: " + *failure +
                         "; see " + client->log_file().string());
         }
     }

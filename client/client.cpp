@@ -88,6 +88,11 @@ std::string summary_line(const std::string& text) {
     return last.empty() ? line : line + " " + std::string(last);
 }
 
+// The log line of a failed package install; install_failure_reason() reads it back.
+constexpr std::string_view k_not_installed = " not installed: ";
+constexpr std::string_view k_takes_no_tasks =
+    "; this client takes no tasks until a working package arrives";
+
 std::string host_name() {
     char name[256] = {};
     if (::gethostname(name, sizeof name - 1) != 0 || name[0] == '\0') return "client";
@@ -794,9 +799,8 @@ void Client::Impl::install_package(const InstallJob& job) {
         }
     } catch (const std::exception& failure) {
         if (!stopping()) {
-            log("package " + short_id(job.sha256) +
-                " not installed: " + summary_line(failure.what()) +
-                "; this client takes no tasks until a working package arrives");
+            log("package " + short_id(job.sha256) + std::string(k_not_installed) +
+                summary_line(failure.what()) + std::string(k_takes_no_tasks));
         }
     }
     set_status(v1::CLIENT_STATUS_IDLE);
@@ -1111,6 +1115,14 @@ void Client::run() {
 
 void Client::stop() {
     m_impl->stop();
+}
+
+std::optional<std::string> install_failure_reason(std::string_view log_line) {
+    auto at = log_line.find(k_not_installed);
+    if (at == std::string_view::npos) return std::nullopt;
+    std::string_view reason = log_line.substr(at + k_not_installed.size());
+    if (reason.ends_with(k_takes_no_tasks)) reason.remove_suffix(k_takes_no_tasks.size());
+    return std::string(reason);
 }
 
 int serve(Options options, std::ostream& out) {

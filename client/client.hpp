@@ -23,6 +23,7 @@
 #include <optional>
 #include <ostream>
 #include <string>
+#include <string_view>
 #include <utility>
 #include <vector>
 
@@ -99,6 +100,11 @@ class Client {
 /// Blocks both signals in the calling thread first, so call it before any other thread
 /// exists. Returns 0; throws like Client::run().
 int serve(Options options, std::ostream& out);
+
+/// The reason in a client log line that says a package install failed ("... package 1a2b3c4d
+/// not installed: <reason>; this client takes no tasks ..."), or nullopt for any other line
+/// (`fedcli local` watches its clients' logs with it).
+std::optional<std::string> install_failure_reason(std::string_view log_line);
 
 /// The options as JSON and back, every field but `log`: `fedcli client start` hands them to
 /// the `fedcli-client` executable this way (client/main.cpp). options_from_json() throws
