@@ -70,20 +70,27 @@ int InterruptGuard::signal() const {
 // ---------------------------------------------------------------------------------------
 // SignalWaiter
 
-SignalWaiter::SignalWaiter() {
+namespace {
+
+/// The signals a SignalWaiter handles: SIGINT and SIGTERM.
+sigset_t stop_signals() {
     sigset_t set;
     sigemptyset(&set);
     sigaddset(&set, SIGINT);
     sigaddset(&set, SIGTERM);
+    return set;
+}
+
+}  // namespace
+
+SignalWaiter::SignalWaiter() {
+    const sigset_t set = stop_signals();
     pthread_sigmask(SIG_BLOCK, &set, &m_previous_mask);
 }
 
 void SignalWaiter::start(std::function<void(int)> on_signal) {
     m_thread = std::thread([this, on_signal = std::move(on_signal)] {
-        sigset_t set;
-        sigemptyset(&set);
-        sigaddset(&set, SIGINT);
-        sigaddset(&set, SIGTERM);
+        const sigset_t set = stop_signals();
         while (true) {
             int signal = 0;
             if (sigwait(&set, &signal) != 0) continue;
@@ -105,10 +112,7 @@ SignalWaiter::~SignalWaiter() {
         m_thread.join();
     }
     // Drop signals still pending so that unblocking them does not kill the process.
-    sigset_t set;
-    sigemptyset(&set);
-    sigaddset(&set, SIGINT);
-    sigaddset(&set, SIGTERM);
+    const sigset_t set = stop_signals();
     timespec zero{};
     while (sigtimedwait(&set, nullptr, &zero) > 0) {
     }
