@@ -64,18 +64,7 @@ void print_project_summary(const project::Project& project, std::ostream& out) {
 
 std::string project_json(const project::Project& project,
                          const std::vector<std::string>& problems) {
-    nlohmann::ordered_json json;
-    json["file"] = project.file.string();
-    json["directory"] = project.directory.string();
-    json["name"] = project.name;
-    json["python_env"] = project.python_env ? nlohmann::ordered_json(project.python_env->string())
-                                            : nlohmann::ordered_json(nullptr);
-    json["entry_points"] = nlohmann::ordered_json::array();
-    for (const auto& entry_point : project.entry_points) {
-        json["entry_points"].push_back({{"name", entry_point.name},
-                                        {"command", entry_point.command},
-                                        {"line", entry_point.line}});
-    }
+    nlohmann::ordered_json json = project::to_json(project);
     json["problems"] = problems;
     json["ok"] = problems.empty();
     return json.dump(-1, ' ', false, nlohmann::ordered_json::error_handler_t::replace);

@@ -5,6 +5,7 @@
 
 #include "client/client.hpp"
 #include "core/error.hpp"
+#include "core/util/json_fields.hpp"
 
 namespace fedcli::client {
 
@@ -12,69 +13,11 @@ namespace {
 
 using nlohmann::json;
 namespace fs = std::filesystem;
+using util::Fields;
 
 json optional_number(const std::optional<std::uint64_t>& value) {
     return value ? json(*value) : json(nullptr);
 }
-
-/// Reads the fields of one JSON object, naming the field in every error.
-class Fields {
-  public:
-    Fields(const json& object, std::string where) : m_object(object), m_where(std::move(where)) {
-        if (!m_object.is_object()) fail(m_where, "expected an object");
-    }
-
-    const json& at(const char* name) const {
-        auto found = m_object.find(name);
-        if (found == m_object.end()) fail(path(name), "missing");
-        return *found;
-    }
-    std::string string(const char* name) const {
-        const json& value = at(name);
-        if (!value.is_string()) fail(path(name), "expected a string");
-        return value.get<std::string>();
-    }
-    std::uint64_t number(const char* name) const {
-        const json& value = at(name);
-        const bool whole = value.is_number_unsigned() ||
-                           (value.is_number_integer() && value.get<std::int64_t>() >= 0);
-        if (!whole) fail(path(name), "expected a number >= 0");
-        return value.get<std::uint64_t>();
-    }
-    std::optional<std::uint64_t> optional_number(const char* name) const {
-        if (at(name).is_null()) return std::nullopt;
-        return number(name);
-    }
-    std::optional<std::string> optional_string(const char* name) const {
-        if (at(name).is_null()) return std::nullopt;
-        return string(name);
-    }
-    bool boolean(const char* name) const {
-        const json& value = at(name);
-        if (!value.is_boolean()) fail(path(name), "expected true or false");
-        return value.get<bool>();
-    }
-    std::vector<std::string> strings(const char* name) const {
-        const json& value = at(name);
-        if (!value.is_array()) fail(path(name), "expected an array of strings");
-        std::vector<std::string> items;
-        for (const json& item : value) {
-            if (!item.is_string()) fail(path(name), "expected an array of strings");
-            items.push_back(item.get<std::string>());
-        }
-        return items;
-    }
-    Fields object(const char* name) const { return Fields(at(name), path(name)); }
-    std::string path(const char* name) const { return m_where + "." + name; }
-
-    [[noreturn]] static void fail(const std::string& field, const std::string& problem) {
-        throw Error("client options: " + field + ": " + problem);
-    }
-
-  private:
-    const json& m_object;
-    std::string m_where;
-};
 
 }  // namespace
 
@@ -122,7 +65,7 @@ json options_to_json(const Options& options) {
 }
 
 Options options_from_json(const json& document) {
-    const Fields fields(document, "options");
+    const Fields fields(document, "client options", "options");
     Options options;
     options.combiner = fields.string("combiner");
     options.name = fields.string("name");
@@ -133,10 +76,10 @@ Options options_from_json(const json& document) {
     options.backoff_initial = std::chrono::milliseconds(fields.number("backoff_initial_ms"));
     options.backoff_max = std::chrono::milliseconds(fields.number("backoff_max_ms"));
     const json& environment = fields.at("environment");
-    if (!environment.is_array()) Fields::fail(fields.path("environment"), "expected an array");
+    if (!environment.is_array()) fields.fail("environment", "expected an array");
     for (const json& pair : environment) {
         if (!pair.is_array() || pair.size() != 2 || !pair[0].is_string() || !pair[1].is_string()) {
-            Fields::fail(fields.path("environment"), "expected [NAME, VALUE] pairs");
+            fields.fail("environment", "expected [NAME, VALUE] pairs");
         }
         options.environment.emplace_back(pair[0].get<std::string>(), pair[1].get<std::string>());
     }

@@ -190,17 +190,16 @@ RunResult run_entry_point(const project::Project& project, std::string_view entr
     // Python: the project's virtual environment, or the resolved interpreter.
     bool bare_python = words[0] == "python" || words[0] == "python3";
     if (project.python_env) {
-        fs::path env_file = (project.directory / *project.python_env).lexically_normal();
-        std::string env_where =
-            project.file.string() +
-            (project.python_env_line > 0 ? ":" + std::to_string(project.python_env_line) : "") +
-            ": python_env";
-        PythonEnv env;
-        try {
-            env = load_python_env(env_file);
-        } catch (const Error& failure) {
-            throw failure.with_context(env_where);
+        if (!project.environment) {
+            // load() reads the file when it exists; check_for_client names the missing one.
+            throw Error(
+                project.file.string() +
+                (project.python_env_line > 0 ? ":" + std::to_string(project.python_env_line) : "") +
+                ": python_env: python_env file " +
+                (project.directory / *project.python_env).lexically_normal().string() +
+                " does not exist");
         }
+        const project::PythonEnv& env = *project.environment;
         VirtualEnvOptions options;
         options.base_python = resolve_python(request.python);
         options.cache_dir = request.cache_dir;

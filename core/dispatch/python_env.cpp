@@ -3,7 +3,6 @@
 #include <fcntl.h>
 #include <sys/file.h>
 #include <unistd.h>
-#include <yaml-cpp/yaml.h>
 
 #include <algorithm>
 #include <cerrno>
@@ -37,38 +36,6 @@ std::string environment_value(const char* name) {
 
 std::optional<fs::path> locate(const std::string& program) {
     return find_executable(program, environment_value("PATH"), fs::current_path());
-}
-
-std::string position(const fs::path& file, const YAML::Mark& mark) {
-    if (mark.is_null()) return file.string();
-    return file.string() + ":" + std::to_string(mark.line + 1) + ":" +
-           std::to_string(mark.column + 1);
-}
-
-std::string read_text(const fs::path& file, const std::string& what) {
-    std::ifstream in(file, std::ios::binary);
-    if (!in) throw Error("cannot read " + what + " " + file.string() + ": " + strerror(errno));
-    std::ostringstream text;
-    text << in.rdbuf();
-    return text.str();
-}
-
-std::vector<std::string> string_list(const YAML::Node& node, const std::string& key,
-                                     const fs::path& file) {
-    std::vector<std::string> items;
-    if (node.IsNull()) return items;
-    if (!node.IsSequence()) {
-        throw Error(position(file, node.Mark()) + ": '" + key +
-                    "' must be a list of pip requirements, e.g. [numpy, torch]");
-    }
-    for (const auto& item : node) {
-        if (!item.IsScalar() || item.Scalar().empty()) {
-            throw Error(position(file, item.Mark()) + ": each entry of '" + key +
-                        "' must be a pip requirement such as 'numpy' or 'torch>=2'");
-        }
-        items.push_back(item.Scalar());
-    }
-    return items;
 }
 
 /// Holds a flock() on a lock file until destroyed.
@@ -193,53 +160,6 @@ fs::path resolve_python(const std::optional<std::string>& requested) {
                 "FEDCLI_PYTHON");
 }
 
-PythonEnv parse_python_env(std::string_view text, const fs::path& file) {
-    YAML::Node root;
-    try {
-        root = YAML::Load(std::string(text));
-    } catch (const YAML::Exception& error) {
-        throw Error(position(file, error.mark) + ": " + error.msg +
-                    " (python_env files are YAML: name, python, build_dependencies, "
-                    "dependencies)");
-    }
-    PythonEnv env;
-    env.file = file;
-    env.text = std::string(text);
-    if (root.IsNull()) return env;
-    if (!root.IsMap()) {
-        throw Error(position(file, root.Mark()) +
-                    ": a python_env file must be a map with the keys name, python, "
-                    "build_dependencies and dependencies");
-    }
-    for (const auto& entry : root) {
-        std::string key = entry.first.Scalar();
-        const YAML::Node& value = entry.second;
-        if (key == "name" || key == "python") {
-            if (!value.IsNull() && !value.IsScalar()) {
-                throw Error(position(file, value.Mark()) + ": '" + key + "' must be a text");
-            }
-            (key == "name" ? env.name : env.python) = value.IsNull() ? "" : value.Scalar();
-        } else if (key == "build_dependencies") {
-            env.build_dependencies = string_list(value, key, file);
-        } else if (key == "dependencies") {
-            env.dependencies = string_list(value, key, file);
-        } else {
-            throw Error(position(file, entry.first.Mark()) + ": unknown key '" + key +
-                        "' in a python_env file (known: name, python, build_dependencies, "
-                        "dependencies)");
-        }
-    }
-    return env;
-}
-
-PythonEnv load_python_env(const fs::path& file) {
-    std::error_code error;
-    if (!fs::is_regular_file(file, error)) {
-        throw Error("python_env file " + file.string() + " does not exist");
-    }
-    return parse_python_env(read_text(file, "python_env file"), file);
-}
-
 fs::path default_cache_dir() {
     std::string configured = environment_value("FEDCLI_CACHE_DIR");
     if (!configured.empty()) return fs::absolute(configured);
@@ -250,7 +170,7 @@ fs::path default_cache_dir() {
     return fs::temp_directory_path() / ("fedcli-cache-" + std::to_string(::getuid()));
 }
 
-std::string virtual_env_key(const PythonEnv& env, const fs::path& base_python) {
+std::string virtual_env_key(const project::PythonEnv& env, const fs::path& base_python) {
     std::error_code error;
     fs::path real = fs::canonical(base_python, error);
     if (error) real = fs::absolute(base_python);
@@ -259,7 +179,7 @@ std::string virtual_env_key(const PythonEnv& env, const fs::path& base_python) {
         .substr(0, k_key_digits);
 }
 
-VirtualEnv ensure_virtual_env(const PythonEnv& env, const VirtualEnvOptions& options) {
+VirtualEnv ensure_virtual_env(const project::PythonEnv& env, const VirtualEnvOptions& options) {
     const std::string where = env.file.string();
     if (options.base_python.empty()) throw Error(where + ": no base Python interpreter given");
     fs::path cache = options.cache_dir.empty() ? default_cache_dir() : options.cache_dir;

@@ -13,20 +13,15 @@
 // With a python_env the entry point runs in a virtual environment made from that base
 // interpreter instead (see ensure_virtual_env).
 //
-// python_env.yaml (FEDn's format, strict: unknown keys are errors):
-//   name: my-env                  # optional, informational
-//   python: "3.11"                # optional, informational (fedcli uses the base interpreter)
-//   build_dependencies: [pip]     # optional pip requirement specifiers, installed first
-//   dependencies: [numpy, torch]  # optional pip requirement specifiers
-// The environment is `python -m venv --system-site-packages` (so Debian's numpy/torch stay
-// importable and "already satisfied" needs no network) in
-// <cache>/venvs/<key>, <key> being a SHA-256 prefix of the file's bytes and the base
-// interpreter's real path: the same file on the same interpreter reuses one environment
-// across projects and runs. pip (`--no-input`) runs only when a list is non-empty; without
-// dependencies the venv is made `--without-pip`, which does not need Debian's python3-venv.
-// A marker file written last makes a half-built environment (killed, pip failed) be rebuilt
-// from scratch next time; an exclusive lock file serialises concurrent builders (several
-// local clients starting at once).
+// python_env.yaml (format and parsing: core/project/project.hpp, which loads it with the
+// project file). The environment is `python -m venv --system-site-packages` (so Debian's
+// numpy/torch stay importable and "already satisfied" needs no network) in <cache>/venvs/<key>,
+// <key> being a SHA-256 prefix of the file's bytes and the base interpreter's real path: the same
+// file on the same interpreter reuses one environment across projects and runs. pip (`--no-input`)
+// runs only when a list is non-empty; without dependencies the venv is made `--without-pip`, which
+// does not need Debian's python3-venv. A marker file written last makes a half-built environment
+// (killed, pip failed) be rebuilt from scratch next time; an exclusive lock file serialises
+// concurrent builders (several local clients starting at once).
 //
 // Thread-safety: all functions may be called concurrently; the interpreter probe is cached
 // under a mutex, and environment creation is serialised per key by a file lock (which also
@@ -42,6 +37,7 @@
 #include <vector>
 
 #include "core/dispatch/process.hpp"
+#include "core/project/project.hpp"
 
 namespace fedcli::dispatch {
 
@@ -59,21 +55,6 @@ std::optional<std::filesystem::path> probe_python(const std::vector<std::string>
 /// choice, if any. Throws fedcli::Error when the requested or FEDCLI_PYTHON interpreter is
 /// not an executable file, or when there is no python3 at all.
 std::filesystem::path resolve_python(const std::optional<std::string>& requested = {});
-
-/// A parsed python_env.yaml.
-struct PythonEnv {
-    std::filesystem::path file;  ///< as given to load/parse
-    std::string name;
-    std::string python;  ///< informational only
-    std::vector<std::string> build_dependencies;
-    std::vector<std::string> dependencies;
-    std::string text;  ///< the file's bytes (part of the cache key)
-};
-
-/// Parses python_env.yaml text; errors are "file:line:column: problem; fix".
-PythonEnv parse_python_env(std::string_view text, const std::filesystem::path& file);
-/// Reads and parses a python_env.yaml file.
-PythonEnv load_python_env(const std::filesystem::path& file);
 
 /// Where fedcli keeps its caches: $FEDCLI_CACHE_DIR, else $XDG_CACHE_HOME/fedcli, else
 /// $HOME/.cache/fedcli, else /tmp/fedcli-cache-<uid>.
@@ -96,11 +77,12 @@ struct VirtualEnv {
 
 /// The cache key of an environment: 24 hex digits of SHA-256 over a format tag, the base
 /// interpreter's real path and the file's bytes.
-std::string virtual_env_key(const PythonEnv& env, const std::filesystem::path& base_python);
+std::string virtual_env_key(const project::PythonEnv& env,
+                            const std::filesystem::path& base_python);
 
 /// Returns the cached environment for `env`, creating it first when needed. Throws
 /// fedcli::Error naming the python_env file when it cannot be created, with the reason:
 /// python3-venv missing, pip failing (with pip's last lines), cancellation.
-VirtualEnv ensure_virtual_env(const PythonEnv& env, const VirtualEnvOptions& options);
+VirtualEnv ensure_virtual_env(const project::PythonEnv& env, const VirtualEnvOptions& options);
 
 }  // namespace fedcli::dispatch

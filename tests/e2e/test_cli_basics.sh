@@ -48,10 +48,11 @@ if [ -n "$torch_libs" ]; then
 fi
 
 # The client daemon's executable, next to fedcli, is leaner still: no LibTorch, and none of
-# the libraries only other commands use (packages are unpacked by a fedcli child process).
+# the libraries only other commands use (fedcli child processes unpack packages and read
+# project files).
 daemon=$(dirname "$FEDCLI")/fedcli-client
 [ -x "$daemon" ] || fail "no fedcli-client next to $FEDCLI"
-extra_libs=$(ldd "$daemon" | awk '{print $1}' | grep -E '^lib(torch|c10|archive|sqlite3|xml2|icu)' || true)
+extra_libs=$(ldd "$daemon" | awk '{print $1}' | grep -E '^lib(torch|c10|archive|sqlite3|xml2|icu|yaml-cpp)' || true)
 if [ -n "$extra_libs" ]; then
     fail "fedcli-client links more than the daemon needs: $extra_libs"
 fi

@@ -2,9 +2,12 @@
 // Python + numpy to produce and check fixtures at test time.
 #pragma once
 
+#include <catch2/catch.hpp>
 #include <filesystem>
 #include <string>
 #include <vector>
+
+#include "core/error.hpp"
 
 namespace fedcli::test {
 
@@ -22,6 +25,18 @@ class TempDir {
   private:
     std::filesystem::path m_path;
 };
+
+/// The message `call` throws as fedcli::Error; fails the test when it does not throw.
+template <class Call>
+std::string error_of(Call&& call) {
+    try {
+        call();
+    } catch (const fedcli::Error& error) {
+        return error.what();
+    }
+    FAIL("expected a fedcli::Error");
+    return "";
+}
 
 struct CommandResult {
     int exit_code = -1;

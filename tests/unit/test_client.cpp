@@ -803,6 +803,34 @@ TEST_CASE("the unpacking child applies the client's package limits") {
     CHECK_FALSE(fs::exists(dir / "work" / "package" / sha));
 }
 
+TEST_CASE("a package whose python_env file does not parse is not installed, naming the file") {
+    TempDir dir;
+    fs::create_directories(dir / "project");
+    write_file(dir / "project" / "fedcli.yaml",
+               "python_env: env.yaml\nentry_points:\n  train:\n    command: true\n");
+    write_file(dir / "project" / "env.yaml", "name: e\ndepends: [numpy]\n");
+    fedcli::package::create(dir / "project", dir / "package.tgz");
+    FakeCombiner combiner(dir / "server");
+    auto& federation = combiner.federation;
+    const std::string sha = offer_package(combiner, dir / "package.tgz");
+
+    auto options = client_options(combiner, dir / "work");
+    options.package_pins = {sha};
+    RunningClient client(options);
+    // The `fedcli project validate` child reads the YAML; its message reaches the log.
+    const std::string refused = "env.yaml:2:1: unknown key 'depends'";
+    REQUIRE(federation.wait([&] { return client.log().find(refused) != std::string::npos; }));
+    client.stop();
+    const std::string log = client.log();
+    INFO(log);
+    CHECK(log.find("package " + sha.substr(0, 8) +
+                   " not installed: reading the project failed (`fedcli project validate` "
+                   "exited with code 1): ") != std::string::npos);
+    CHECK(log.find("fedcli.yaml:1: python_env: ") != std::string::npos);
+    std::lock_guard lock(federation.mutex);
+    for (const auto& heartbeat : federation.heartbeats) CHECK(heartbeat.package_sha256().empty());
+}
+
 TEST_CASE("the client's options survive the JSON hand-over to fedcli-client") {
     fedcli::client::Options options;
     options.combiner = "combiner.example.org:12080";

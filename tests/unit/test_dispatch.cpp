@@ -41,6 +41,9 @@ namespace {
 namespace fs = std::filesystem;
 using namespace fedcli::dispatch;
 using Catch::Contains;
+using fedcli::project::parse_python_env;
+using fedcli::project::PythonEnv;
+using fedcli::test::error_of;
 using fedcli::test::read_file;
 using fedcli::test::TempDir;
 using fedcli::test::write_file;
@@ -53,18 +56,6 @@ using std::chrono::milliseconds;
 void write_script(const fs::path& path, const std::string& text) {
     write_file(path, text);
     fs::permissions(path, fs::perms::owner_all, fs::perm_options::add);
-}
-
-/// The message `call` throws as fedcli::Error; fails the test when it does not throw.
-template <class Call>
-std::string error_of(Call&& call) {
-    try {
-        call();
-    } catch (const fedcli::Error& error) {
-        return error.what();
-    }
-    FAIL("expected a fedcli::Error");
-    return "";
 }
 
 fedcli::project::Project make_project(
@@ -1209,29 +1200,6 @@ TEST_CASE("the resolved interpreter is exported as FEDCLI_PYTHON", "[dispatch][p
 // ---------------------------------------------------------------------------------------
 // python_env
 
-TEST_CASE("python_env.yaml is parsed strictly", "[dispatch][python_env]") {
-    PythonEnv env = parse_python_env(
-        "name: mnist-env\npython: \"3.11\"\nbuild_dependencies:\n  - pip\n"
-        "dependencies:\n  - numpy\n  - torch>=2\n",
-        "python_env.yaml");
-    CHECK(env.name == "mnist-env");
-    CHECK(env.python == "3.11");
-    CHECK(env.build_dependencies == std::vector<std::string>{"pip"});
-    CHECK(env.dependencies == std::vector<std::string>{"numpy", "torch>=2"});
-
-    CHECK(parse_python_env("", "e.yaml").dependencies.empty());
-    CHECK(parse_python_env("dependencies:\n", "e.yaml").dependencies.empty());
-    CHECK_THAT(error_of([] { parse_python_env("name: x\ndepends: [numpy]\n", "e.yaml"); }),
-               Contains("e.yaml:2:1: unknown key 'depends'"));
-    CHECK_THAT(error_of([] { parse_python_env("dependencies: numpy\n", "e.yaml"); }),
-               Contains("e.yaml:1:15") && Contains("must be a list"));
-    CHECK_THAT(error_of([] { parse_python_env("dependencies:\n  - {a: b}\n", "e.yaml"); }),
-               Contains("e.yaml:2:5") && Contains("pip requirement"));
-    CHECK_THAT(error_of([] { parse_python_env("- numpy\n", "e.yaml"); }), Contains("map"));
-    CHECK_THAT(error_of([] { parse_python_env("name: [unclosed\n", "e.yaml"); }),
-               Contains("e.yaml:"));
-}
-
 TEST_CASE("the cache folder follows FEDCLI_CACHE_DIR, then XDG_CACHE_HOME, then HOME",
           "[dispatch][python_env]") {
     ScopedVariable cache("FEDCLI_CACHE_DIR", std::string("/c/fedcli"));
@@ -1284,8 +1252,9 @@ TEST_CASE("a python_env runs the entry point in a cached virtual environment",
     CHECK_FALSE(second.python_env_created);
     CHECK(second.python_env == first.python_env);
 
-    // A changed file is a different environment.
+    // A changed file is a different environment (once loaded: a Project is a snapshot).
     write_file(project_dir / "python_env.yaml", "name: test-env-2\ndependencies: []\n");
+    project = fedcli::project::load(project_dir);
     RunResult third = run_entry_point(project, "validate", request);
     CHECK(third.python_env_created);
     CHECK(third.python_env != first.python_env);

@@ -4,6 +4,7 @@
 
 #include <catch2/catch.hpp>
 #include <filesystem>
+#include <nlohmann/json.hpp>
 #include <string>
 
 #include "core/error.hpp"
@@ -14,10 +15,15 @@ using Catch::EndsWith;
 using Catch::StartsWith;
 using fedcli::project::check_for_client;
 using fedcli::project::find_project_file;
+using fedcli::project::from_json;
 using fedcli::project::load;
 using fedcli::project::load_file;
 using fedcli::project::parse;
+using fedcli::project::parse_python_env;
 using fedcli::project::Project;
+using fedcli::project::PythonEnv;
+using fedcli::project::to_json;
+using fedcli::test::error_of;
 using fedcli::test::TempDir;
 using fedcli::test::write_file;
 namespace fs = std::filesystem;
@@ -541,4 +547,132 @@ TEST_CASE("check_for_client lists every problem at once", "[project]") {
     REQUIRE(problems.size() == 2);
     CHECK_THAT(problems[0], Contains("no 'train' entry point"));
     CHECK_THAT(problems[1], Contains(":1: python_env 'missing.yaml' does not exist"));
+}
+
+// ---------------------------------------------------------------------------------------
+// python_env.yaml
+
+TEST_CASE("python_env.yaml is parsed strictly", "[project][python_env]") {
+    PythonEnv env = parse_python_env(
+        "name: mnist-env\npython: \"3.11\"\nbuild_dependencies:\n  - pip\n"
+        "dependencies:\n  - numpy\n  - torch>=2\n",
+        "python_env.yaml");
+    CHECK(env.name == "mnist-env");
+    CHECK(env.python == "3.11");
+    CHECK(env.build_dependencies == std::vector<std::string>{"pip"});
+    CHECK(env.dependencies == std::vector<std::string>{"numpy", "torch>=2"});
+
+    CHECK(parse_python_env("", "e.yaml").dependencies.empty());
+    CHECK(parse_python_env("dependencies:\n", "e.yaml").dependencies.empty());
+    CHECK_THAT(error_of([] { parse_python_env("name: x\ndepends: [numpy]\n", "e.yaml"); }),
+               Contains("e.yaml:2:1: unknown key 'depends'"));
+    CHECK_THAT(error_of([] { parse_python_env("dependencies: numpy\n", "e.yaml"); }),
+               Contains("e.yaml:1:15") && Contains("must be a list"));
+    CHECK_THAT(error_of([] { parse_python_env("dependencies:\n  - {a: b}\n", "e.yaml"); }),
+               Contains("e.yaml:2:5") && Contains("pip requirement"));
+    CHECK_THAT(error_of([] { parse_python_env("- numpy\n", "e.yaml"); }), Contains("map"));
+    CHECK_THAT(error_of([] { parse_python_env("name: [unclosed\n", "e.yaml"); }),
+               Contains("e.yaml:"));
+}
+
+TEST_CASE("load reads the python_env file with the project", "[project][python_env]") {
+    TempDir dir;
+    write_file(dir / "fedcli.yaml", std::string("name: p\npython_env: env.yaml\n") + k_minimal);
+    write_file(dir / "env.yaml", "name: e\ndependencies: [numpy]\n");
+    Project project = load(dir.path());
+    REQUIRE(project.environment.has_value());
+    CHECK(project.environment->name == "e");
+    CHECK(project.environment->dependencies == std::vector<std::string>{"numpy"});
+    CHECK(project.environment->text == "name: e\ndependencies: [numpy]\n");
+    CHECK(project.environment->file == dir / "env.yaml");
+
+    // parse() reads no other file; without python_env there is nothing to read.
+    CHECK_FALSE(parse("python_env: env.yaml\n" + std::string(k_minimal), dir / "fedcli.yaml")
+                    .environment.has_value());
+    write_file(dir / "fedcli.yaml", k_minimal);
+    CHECK_FALSE(load(dir.path()).environment.has_value());
+}
+
+TEST_CASE("a python_env file that does not parse fails the load, naming both files",
+          "[project][python_env]") {
+    TempDir dir;
+    write_file(dir / "env.yaml", "name: e\ndepends: [numpy]\n");
+    CHECK_THAT(load_error(dir, std::string("name: p\npython_env: env.yaml\n") + k_minimal),
+               StartsWith((dir / "fedcli.yaml").string() + ":2: python_env: " +
+                          (dir / "env.yaml").string() + ":2:1: unknown key 'depends'"));
+}
+
+TEST_CASE("a missing python_env file still loads, and check_for_client names it",
+          "[project][python_env]") {
+    TempDir dir;
+    write_file(dir / "fedcli.yaml", std::string("python_env: gone.yaml\n") + k_minimal);
+    Project project = load(dir.path());
+    CHECK(project.python_env == fs::path("gone.yaml"));
+    CHECK_FALSE(project.environment.has_value());
+    REQUIRE(check_for_client(project).size() == 1);
+}
+
+// ---------------------------------------------------------------------------------------
+// JSON form
+
+TEST_CASE("to_json and from_json carry every field", "[project][json]") {
+    TempDir dir;
+    write_file(dir / "fedcli.yaml",
+               "name: demo\n"
+               "python_env: envs/py.yaml\n"
+               "entry_points:\n"
+               "  train: {command: python3 train.py --epochs 2}\n"
+               "  validate: {command: \"python3 'my validate.py'\"}\n");
+    fs::create_directories(dir / "envs");
+    write_file(dir / "envs" / "py.yaml", "name: e\nbuild_dependencies: [pip]\ndependencies: []\n");
+    const Project original = load(dir.path());
+    const Project copy = from_json(to_json(original).dump(), "test");
+    CHECK(copy.file == original.file);
+    CHECK(copy.directory == original.directory);
+    CHECK(copy.name == "demo");
+    CHECK(copy.python_env == original.python_env);
+    CHECK(copy.python_env_line == 2);
+    REQUIRE(copy.environment.has_value());
+    CHECK(copy.environment->file == original.environment->file);
+    CHECK(copy.environment->build_dependencies == std::vector<std::string>{"pip"});
+    CHECK(copy.environment->dependencies.empty());
+    CHECK(copy.environment->text == original.environment->text);
+    REQUIRE(copy.entry_points.size() == 2);
+    for (std::size_t i = 0; i < 2; ++i) {
+        CHECK(copy.entry_points[i].name == original.entry_points[i].name);
+        CHECK(copy.entry_points[i].command == original.entry_points[i].command);
+        CHECK(copy.entry_points[i].line == original.entry_points[i].line);
+    }
+
+    write_file(dir / "fedcli.yaml", k_minimal);
+    const Project plain = from_json(to_json(load(dir.path())).dump(), "test");
+    CHECK_FALSE(plain.python_env.has_value());
+    CHECK_FALSE(plain.environment.has_value());
+    CHECK(plain.find("train") != nullptr);
+}
+
+TEST_CASE("from_json names the field that is missing or wrong", "[project][json]") {
+    TempDir dir;
+    write_file(dir / "fedcli.yaml", k_minimal);
+    const nlohmann::ordered_json good = to_json(load(dir.path()));
+    auto error_for = [](const std::string& text) {
+        return error_of([&] { from_json(text, "the child's output"); });
+    };
+    CHECK(error_for("") == "the child's output: not a JSON document");
+    CHECK(error_for("{\"file\": ") == "the child's output: not a JSON document");
+    CHECK(error_for("[1, 2]") == "the child's output: project: expected an object");
+
+    auto without = good;
+    without.erase("entry_points");
+    CHECK(error_for(without.dump()) == "the child's output: project.entry_points: missing");
+    auto wrong = good;
+    wrong["entry_points"][0]["command"] = 7;
+    CHECK(error_for(wrong.dump()) ==
+          "the child's output: project.entry_points[].command: expected a string");
+    wrong = good;
+    wrong["environment"] = {{"file", "x"}};
+    CHECK(error_for(wrong.dump()) == "the child's output: project.environment.name: missing");
+    wrong = good;
+    wrong["file"] = "relative/fedcli.yaml";
+    CHECK_THAT(error_for(wrong.dump()), Contains("project.file: expected absolute paths"));
 }
