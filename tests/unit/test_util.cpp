@@ -2,6 +2,7 @@
 #include <catch2/catch.hpp>
 
 #include "core/error.hpp"
+#include "core/util/json_fields.hpp"
 #include "core/util/limits.hpp"
 #include "core/util/sha256.hpp"
 #include "core/util/suggest.hpp"
@@ -100,4 +101,31 @@ TEST_CASE("check_json_size refuses payloads too large or too deeply nested") {
     std::string wide = "[" + std::string(1000, ' ') + "]";
     for (int i = 0; i < 100; ++i) wide += "{}";
     CHECK_NOTHROW(check_json_size(wide, 1 << 20, "metadata", 1));
+}
+
+TEST_CASE("Fields reads each kind of field and names the path of a bad one") {
+    const nlohmann::json document = nlohmann::json::parse(
+        R"({"name": "c1", "count": 3, "limit": null, "on": true, "tags": ["a", "b"],
+            "inner": {"depth": -1}, "text": null})");
+    const fedcli::util::Fields fields(document, "doc", "root");
+    CHECK(fields.string("name") == "c1");
+    CHECK(fields.number("count") == 3);
+    CHECK_FALSE(fields.optional_number("limit").has_value());
+    CHECK_FALSE(fields.optional_string("text").has_value());
+    CHECK(fields.optional_string("name") == "c1");
+    CHECK(fields.boolean("on"));
+    CHECK(fields.strings("tags") == std::vector<std::string>{"a", "b"});
+    CHECK(fields.path("inner") == "root.inner");
+
+    using fedcli::test::error_of;
+    CHECK(error_of([&] { fields.string("missing"); }) == "doc: root.missing: missing");
+    CHECK(error_of([&] { fields.string("count"); }) == "doc: root.count: expected a string");
+    CHECK(error_of([&] { fields.number("name"); }) == "doc: root.name: expected a number >= 0");
+    CHECK(error_of([&] { fields.boolean("count"); }) == "doc: root.count: expected true or false");
+    CHECK(error_of([&] { fields.strings("name"); }) ==
+          "doc: root.name: expected an array of strings");
+    CHECK(error_of([&] { fields.object("inner").number("depth"); }) ==
+          "doc: root.inner.depth: expected a number >= 0");
+    CHECK(error_of([&] { fields.object("name"); }) == "doc: root.name: expected an object");
+    CHECK(error_of([&] { fields.fail("tags", "too many"); }) == "doc: root.tags: too many");
 }
