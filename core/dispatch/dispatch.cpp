@@ -192,12 +192,8 @@ RunResult run_entry_point(const project::Project& project, std::string_view entr
     if (project.python_env) {
         if (!project.environment) {
             // load() reads the file when it exists; check_for_client names the missing one.
-            throw Error(
-                project.file.string() +
-                (project.python_env_line > 0 ? ":" + std::to_string(project.python_env_line) : "") +
-                ": python_env: python_env file " +
-                (project.directory / *project.python_env).lexically_normal().string() +
-                " does not exist");
+            throw Error(project.python_env_location() + ": python_env: python_env file " +
+                        project.python_env_file().string() + " does not exist");
         }
         const project::PythonEnv& env = *project.environment;
         VirtualEnvOptions options;

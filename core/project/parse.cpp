@@ -464,15 +464,12 @@ Project load_file(const fs::path& file) {
     }
     Project project = parse(read_text(file, "project file"), file);
     if (project.python_env) {
-        const fs::path env_file = (project.directory / *project.python_env).lexically_normal();
+        const fs::path env_file = project.python_env_file();
         if (fs::is_regular_file(env_file, error)) {
             try {
                 project.environment = load_python_env(env_file);
             } catch (const Error& failure) {
-                throw failure.with_context(file.string() +
-                                           (project.python_env_line > 0
-                                                ? ":" + std::to_string(project.python_env_line)
-                                                : "") +
+                throw failure.with_context(project.python_env_location(file.string()) +
                                            ": python_env");
             }
         }

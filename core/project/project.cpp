@@ -20,6 +20,15 @@ const EntryPoint* Project::find(std::string_view entry_point) const {
     return nullptr;
 }
 
+fs::path Project::python_env_file() const {
+    return (directory / python_env.value_or(fs::path())).lexically_normal();
+}
+
+std::string Project::python_env_location(const std::string& file_label) const {
+    const std::string label = file_label.empty() ? file.string() : file_label;
+    return python_env_line > 0 ? label + ":" + std::to_string(python_env_line) : label;
+}
+
 nlohmann::ordered_json to_json(const Project& project) {
     ordered_json json;
     json["file"] = project.file.string();
@@ -90,10 +99,8 @@ std::vector<std::string> check_for_client(const Project& project) {
                            "train: command: ...");
     }
     if (project.python_env) {
-        fs::path resolved = (project.directory / *project.python_env).lexically_normal();
-        std::string where = project.python_env_line > 0
-                                ? file + ":" + std::to_string(project.python_env_line)
-                                : file;
+        const fs::path resolved = project.python_env_file();
+        const std::string where = project.python_env_location();
         std::error_code error;
         auto status = fs::status(resolved, error);
         if (!fs::exists(status)) {

@@ -86,6 +86,11 @@ struct Project {
 
     /// The entry point with this name, or nullptr.
     const EntryPoint* find(std::string_view entry_point) const;
+    /// `python_env:` resolved against the project folder (only when python_env is set).
+    std::filesystem::path python_env_file() const;
+    /// Where `python_env:` is, for messages: "<file>:<line>", or "<file>" when the line is
+    /// unknown; `file` names the project file (empty: Project::file).
+    std::string python_env_location(const std::string& file = {}) const;
 };
 
 /// Finds the project file in `directory` (see k_project_file_names; the first that exists
