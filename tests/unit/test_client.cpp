@@ -435,6 +435,36 @@ std::string offer_package(FakeCombiner& combiner, const fs::path& file) {
     return sha;
 }
 
+/// What a client logged while it failed to install a package it pins.
+struct FailedInstall {
+    std::string sha;
+    std::string log;
+    std::vector<std::string> heartbeat_packages;  ///< package_sha256 of every heartbeat
+};
+
+/// Packs dir/project, offers it from a fake combiner and runs a client that pins it (its
+/// options changed by `adjust`) until `expected` shows in its log.
+FailedInstall install_until_logged(const TempDir& dir, const std::string& expected,
+                                   const std::function<void(fedcli::client::Options&)>& adjust) {
+    fedcli::package::create(dir / "project", dir / "package.tgz");
+    FakeCombiner combiner(dir / "server");
+    auto& federation = combiner.federation;
+    FailedInstall result;
+    result.sha = offer_package(combiner, dir / "package.tgz");
+    auto options = client_options(combiner, dir / "work");
+    options.package_pins = {result.sha};
+    adjust(options);
+    RunningClient client(options);
+    REQUIRE(federation.wait([&] { return client.log().find(expected) != std::string::npos; }));
+    client.stop();
+    result.log = client.log();
+    std::lock_guard lock(federation.mutex);
+    for (const auto& heartbeat : federation.heartbeats) {
+        result.heartbeat_packages.push_back(heartbeat.package_sha256());
+    }
+    return result;
+}
+
 /// A model file numpy writes: two float32 arrays.
 fs::path write_seed(const fs::path& path) {
     fedcli::test::run_python(
@@ -786,21 +816,13 @@ TEST_CASE("the unpacking child applies the client's package limits") {
     fs::create_directories(dir / "project" / "data");
     write_file(dir / "project" / "fedcli.yaml", "entry_points:\n  train:\n    command: true\n");
     for (int i = 0; i < 5; ++i) write_file(dir / "project" / "data" / std::to_string(i), "x");
-    fedcli::package::create(dir / "project", dir / "package.tgz");
-    FakeCombiner combiner(dir / "server");
-    auto& federation = combiner.federation;
-    const std::string sha = offer_package(combiner, dir / "package.tgz");
-
-    auto options = client_options(combiner, dir / "work");
-    options.package_pins = {sha};
-    options.package_limits.max_entries = 4;  // the package holds 7
-    RunningClient client(options);
-    const std::string refused = "the archive holds more than 4 entries";
-    REQUIRE(federation.wait([&] { return client.log().find(refused) != std::string::npos; }));
-    client.stop();
-    CHECK(client.log().find("package " + sha.substr(0, 8) + " not installed: unpacking failed") !=
-          std::string::npos);
-    CHECK_FALSE(fs::exists(dir / "work" / "package" / sha));
+    const FailedInstall failed =
+        install_until_logged(dir, "the archive holds more than 4 entries", [](auto& options) {
+            options.package_limits.max_entries = 4;  // the package holds 7
+        });
+    CHECK(failed.log.find("package " + failed.sha.substr(0, 8) +
+                          " not installed: unpacking failed") != std::string::npos);
+    CHECK_FALSE(fs::exists(dir / "work" / "package" / failed.sha));
 }
 
 TEST_CASE("a package whose python_env file does not parse is not installed, naming the file") {
@@ -809,26 +831,15 @@ TEST_CASE("a package whose python_env file does not parse is not installed, nami
     write_file(dir / "project" / "fedcli.yaml",
                "python_env: env.yaml\nentry_points:\n  train:\n    command: true\n");
     write_file(dir / "project" / "env.yaml", "name: e\ndepends: [numpy]\n");
-    fedcli::package::create(dir / "project", dir / "package.tgz");
-    FakeCombiner combiner(dir / "server");
-    auto& federation = combiner.federation;
-    const std::string sha = offer_package(combiner, dir / "package.tgz");
-
-    auto options = client_options(combiner, dir / "work");
-    options.package_pins = {sha};
-    RunningClient client(options);
     // The `fedcli project validate` child reads the YAML; its message reaches the log.
-    const std::string refused = "env.yaml:2:1: unknown key 'depends'";
-    REQUIRE(federation.wait([&] { return client.log().find(refused) != std::string::npos; }));
-    client.stop();
-    const std::string log = client.log();
-    INFO(log);
-    CHECK(log.find("package " + sha.substr(0, 8) +
-                   " not installed: reading the project failed (`fedcli project validate` "
-                   "exited with code 1): ") != std::string::npos);
-    CHECK(log.find("fedcli.yaml:1: python_env: ") != std::string::npos);
-    std::lock_guard lock(federation.mutex);
-    for (const auto& heartbeat : federation.heartbeats) CHECK(heartbeat.package_sha256().empty());
+    const FailedInstall failed =
+        install_until_logged(dir, "env.yaml:2:1: unknown key 'depends'", [](auto&) {});
+    INFO(failed.log);
+    CHECK(failed.log.find("package " + failed.sha.substr(0, 8) +
+                          " not installed: reading the project failed (`fedcli project validate` "
+                          "exited with code 1): ") != std::string::npos);
+    CHECK(failed.log.find("fedcli.yaml:1: python_env: ") != std::string::npos);
+    for (const std::string& package : failed.heartbeat_packages) CHECK(package.empty());
 }
 
 TEST_CASE("the client's options survive the JSON hand-over to fedcli-client") {
