@@ -39,6 +39,7 @@
 #include <cstring>
 #include <memory>
 #include <string>
+#include <string_view>
 #include <thread>
 #include <vector>
 
@@ -400,18 +401,22 @@ class Numpy {
     ~Numpy() { stop(); }
 
   private:
+    /// The worker's next answer ("ready" or seconds), skipping other lines (warnings); when
+    /// the worker ends without one (a traceback if numpy is missing), everything it printed.
     std::string read_line() {
-        // Everything up to the answer (a traceback, if numpy is missing) is kept for errors.
         std::string text;
-        char line[512];
-        while (std::fgets(line, sizeof line, m_from)) {
-            text += line;
-            if (text.back() == '\n') {
-                std::string last = text.substr(text.rfind('\n', text.size() - 2) + 1);
-                last.pop_back();
-                if (last == "ready" || std::strtod(last.c_str(), nullptr) > 0) return last;
+        char* line = nullptr;
+        std::size_t capacity = 0;
+        while (::getline(&line, &capacity, m_from) > 0) {
+            std::string_view answer(line);
+            if (answer.ends_with('\n')) answer.remove_suffix(1);
+            if (answer == "ready" || std::strtod(line, nullptr) > 0) {
+                text = answer;
+                break;
             }
+            text += line;
         }
+        std::free(line);
         return text.empty() ? "no output" : text;
     }
 
