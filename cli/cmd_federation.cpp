@@ -126,9 +126,14 @@ int package_push(const PackagePushOptions& options, std::ostream& out) {
         // A package that does not unpack would only fail on every client: check it here.
         package::list(options.file);
     }
-    const std::string signature = push_signature(options, file, util::sha256_file(file), command);
+    // One pass over the file: the signature and the upload name the same bytes (a file that
+    // changes after this fails the upload instead of pairing with another's signature).
+    proto::TransferOptions transfer;
+    transfer.sha256 = util::sha256_file(file);
+    const std::string signature = push_signature(options, file, transfer.sha256, command);
     connection.status();  // a clear error before any upload when the combiner is away
-    auto uploaded = proto::upload_file(connection.transfer(), v1::TRANSFER_KIND_PACKAGE, file);
+    auto uploaded =
+        proto::upload_file(connection.transfer(), v1::TRANSFER_KIND_PACKAGE, file, {}, transfer);
     v1::SetPackageRequest request;
     request.set_sha256(uploaded.id);
     request.set_name(name);

@@ -302,7 +302,7 @@ class LocalRun {
     fs::path m_out_dir;
     fs::path m_seed;
     fs::path m_package;
-    std::string m_package_id;  // its sha256, once pushed
+    std::string m_package_id;  // its sha256 (computed once, for the signature and the push)
     std::string m_signature;
     std::ofstream m_combiner_log;
     Federation m_federation;
@@ -372,8 +372,9 @@ void LocalRun::build_seed() {
     fs::create_directories(m_out_dir / "keys");
     package::generate_key_pair(m_out_dir / "keys" / "package.key",
                                m_out_dir / "keys" / "package.pub");
+    m_package_id = util::sha256_file(m_package);
     m_signature = package::sign_package(
-        package::load_secret_key(m_out_dir / "keys" / "package.key"), util::sha256_file(m_package));
+        package::load_secret_key(m_out_dir / "keys" / "package.key"), m_package_id);
     m_out << "    " << m_package.string() << " (" << human_bytes(fs::file_size(m_package)) << ")\n";
 }
 
@@ -412,8 +413,10 @@ void LocalRun::start_combiner() {
                         fs::perm_options::replace);
     }
 
-    auto package =
-        proto::upload_file(m_connection->transfer(), v1::TRANSFER_KIND_PACKAGE, m_package);
+    proto::TransferOptions transfer;
+    transfer.sha256 = m_package_id;  // hashed once, for the signature
+    auto package = proto::upload_file(m_connection->transfer(), v1::TRANSFER_KIND_PACKAGE,
+                                      m_package, {}, transfer);
     v1::SetPackageRequest package_request;
     m_package_id = package.id;
     package_request.set_sha256(package.id);

@@ -979,14 +979,16 @@ v1::Ack Client::Impl::call_report(
 
 std::string Client::Impl::report_update(const v1::Task& task, const dispatch::RunResult& result,
                                         const fs::path& output, std::stop_token stop) {
-    // The upload resumes from what the combiner kept, so retrying it is cheap.
+    // The upload resumes from what the combiner kept, so retrying it is cheap; the output is
+    // hashed once, not on every attempt.
     proto::UploadOutcome uploaded;
     std::chrono::milliseconds delay =
         std::max(m_options.backoff_initial, std::chrono::milliseconds(200));
+    proto::TransferOptions transfer;
+    transfer.stop = stop;
     for (int attempt = 1;; ++attempt) {
         try {
-            proto::TransferOptions transfer;
-            transfer.stop = stop;
+            if (transfer.sha256.empty()) transfer.sha256 = util::sha256_file(output);
             uploaded = proto::upload_file(*m_transfer, v1::TRANSFER_KIND_MODEL, output,
                                           task.task_id(), transfer);
             break;

@@ -25,6 +25,7 @@
 
 #include "core/error.hpp"
 #include "core/proto/transfer.hpp"
+#include "core/util/ids.hpp"
 #include "core/util/sha256.hpp"
 
 namespace fedcli::proto {
@@ -32,18 +33,10 @@ namespace fedcli::proto {
 namespace {
 
 namespace v1 = fedcli::v1;
+using util::lowercase;
+using util::short_id;
 
 constexpr int k_max_message_bytes = 8 << 20;
-
-std::string lowercase(std::string text) {
-    std::transform(text.begin(), text.end(), text.begin(),
-                   [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
-    return text;
-}
-
-std::string short_id(const std::string& id) {
-    return id.size() > 8 ? id.substr(0, 8) : id;
-}
 
 std::string kind_name(v1::TransferKind kind) {
     switch (kind) {
@@ -369,7 +362,11 @@ UploadOutcome upload_file(v1::Transfer::Stub& stub, v1::TransferKind kind,
                           const TransferOptions& options) {
     std::string description = "upload of " + kind_name(kind) + " " + file.string();
     if (!task_id.empty()) description += " (task " + task_id + ")";
-    const std::string sha256 = util::sha256_file(file);
+    const std::string sha256 =
+        options.sha256.empty() ? util::sha256_file(file) : lowercase(options.sha256);
+    if (!util::is_sha256(sha256)) {
+        throw Error(description + ": '" + options.sha256 + "' is not a sha256 (64 hex digits)");
+    }
     std::error_code error;
     const std::uint64_t size = std::filesystem::file_size(file, error);
     if (error) throw Error(description + ": cannot stat: " + error.message());

@@ -106,6 +106,10 @@ struct TransferOptions {
     /// When stop is requested the running attempt is cancelled and the call throws
     /// fedcli::Error ("...: cancelled"); partial files stay for a later resume.
     std::stop_token stop;
+    /// upload_file only: the file's sha256 (hex) when the caller has computed it already, so
+    /// that the file is not read one extra time. The combiner checks it against the bytes it
+    /// receives: a file that changed since fails the upload.
+    std::string sha256;
 };
 
 struct UploadOutcome {
@@ -115,7 +119,7 @@ struct UploadOutcome {
 };
 
 /// Uploads `file` as `kind` (for a client update, `task_id` names the task). Computes the
-/// file's sha256 first (one read).
+/// file's sha256 first (one read) unless `options.sha256` gives it.
 UploadOutcome upload_file(fedcli::v1::Transfer::Stub& stub, fedcli::v1::TransferKind kind,
                           const std::filesystem::path& file, const std::string& task_id = {},
                           const TransferOptions& options = {});

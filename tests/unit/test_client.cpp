@@ -557,6 +557,44 @@ TEST_CASE("upload_file sends a file once, then skips it; download_file fetches i
     CHECK_FALSE(fs::exists(ChunkReceiver::part_path(dir / "down" / "m.npz")));
 }
 
+TEST_CASE("upload_file takes a digest the caller computed; the combiner checks it") {
+    TempDir dir;
+    FakeCombiner combiner(dir / "server");
+    auto stub = v1::Transfer::NewStub(fedcli::proto::make_channel(combiner.address()));
+    write_random_file(dir / "model.npz", 2 * k_mib + 9, 5);
+    const std::string sha = sha256_file(dir / "model.npz");
+    fedcli::proto::TransferOptions options;
+
+    SECTION("the right digest, in capitals, names the upload") {
+        std::string upper = sha;
+        std::transform(upper.begin(), upper.end(), upper.begin(), ::toupper);
+        options.sha256 = upper;
+        auto outcome = fedcli::proto::upload_file(*stub, v1::TRANSFER_KIND_MODEL, dir / "model.npz",
+                                                  {}, options);
+        CHECK(outcome.id == sha);
+        REQUIRE(combiner.transfer.upload_headers.size() == 1);
+        CHECK(combiner.transfer.upload_headers[0].sha256() == sha);
+        CHECK(sha256_file(combiner.transfer.root() / sha) == sha);
+    }
+    SECTION("a digest of other bytes (the file changed since) fails, and nothing is stored") {
+        const std::string other(64, 'b');
+        options.sha256 = other;
+        options.attempts = 1;
+        CHECK_THROWS_WITH(fedcli::proto::upload_file(*stub, v1::TRANSFER_KIND_MODEL,
+                                                     dir / "model.npz", {}, options),
+                          Catch::Contains("model.npz") && Catch::Contains("sha256"));
+        CHECK_FALSE(fs::exists(combiner.transfer.root() / other));
+        CHECK_FALSE(fs::exists(combiner.transfer.root() / sha));
+    }
+    SECTION("a malformed digest is refused before anything is sent") {
+        options.sha256 = "abc";
+        CHECK_THROWS_WITH(fedcli::proto::upload_file(*stub, v1::TRANSFER_KIND_MODEL,
+                                                     dir / "model.npz", {}, options),
+                          Catch::Contains("'abc' is not a sha256"));
+        CHECK(combiner.transfer.upload_headers.empty());
+    }
+}
+
 TEST_CASE("upload_file resumes from what the server kept and retries a broken stream") {
     TempDir dir;
     FakeCombiner combiner(dir / "server");
