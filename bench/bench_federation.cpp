@@ -21,7 +21,9 @@
 // made), best of 3, against one thread sending 1 GiB over a loopback TCP socket to another
 // that reads and discards it (best of 3), against SHA-256 on one core, and against "bare
 // TCP" transfers that do a verified transfer's own work with no protocol (bare_transfer),
-// all measured in the same run.
+// all measured in the same run. It also prints the CPU time a transfer at the target may
+// take on this machine's cores, next to what the loopback's socket copies and one SHA-256
+// pass take.
 //
 // Targets (docs/benchmarks.md): upload and download >= --throughput-target of loopback;
 // combiner peak RSS <= 2 x model + 64 MiB; idle client RSS <= 16 MB. Exits 1 when a target is
@@ -40,6 +42,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <ctime>
 #include <exception>
 #include <filesystem>
 #include <fstream>
@@ -197,11 +200,22 @@ std::string send_digest(std::uint64_t total) {
     return hash.hex_digest();
 }
 
-/// Bytes per second of `total` bytes sent over one loopback TCP connection, in 1 MiB
-/// writes from memory, to a thread that runs `receive(fd, total)`. Timed from just before
-/// `prepare()`, which runs on the sending thread, to the end of `receive`.
+double process_cpu_seconds() {
+    timespec now{};
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &now);
+    return static_cast<double>(now.tv_sec) + static_cast<double>(now.tv_nsec) / 1e9;
+}
+
+struct Rate {
+    double bytes_per_second = 0;
+    double cpu_seconds = 0;  ///< this process's CPU time (both threads, user and system)
+};
+
+/// `total` bytes sent over one loopback TCP connection, in 1 MiB writes from memory, to a
+/// thread that runs `receive(fd, total)`. Timed from just before `prepare()`, which runs on
+/// the sending thread, to the end of `receive`.
 template <class Prepare, class Receive>
-double loopback_transfer(std::uint64_t total, Prepare prepare, Receive receive) {
+Rate loopback_transfer(std::uint64_t total, Prepare prepare, Receive receive) {
     int listener = socket(AF_INET, SOCK_STREAM, 0);
     sockaddr_in address{};
     address.sin_family = AF_INET;
@@ -228,6 +242,7 @@ double loopback_transfer(std::uint64_t total, Prepare prepare, Receive receive) 
     }
     const auto& block = send_block();
     auto start = Clock::now();
+    const double cpu_start = process_cpu_seconds();
     prepare();
     std::uint64_t sent = 0;
     while (sent < total) {
@@ -238,11 +253,12 @@ double loopback_transfer(std::uint64_t total, Prepare prepare, Receive receive) 
     }
     close(sender);
     receiver.join();
-    double seconds = seconds_since(start);
+    const double seconds = seconds_since(start);
+    const double cpu_seconds = process_cpu_seconds() - cpu_start;
     close(listener);
     if (failure) std::rethrow_exception(failure);
     if (sent < total) throw fedcli::Error("loopback: the receiver hung up early");
-    return static_cast<double>(sent) / seconds;
+    return {static_cast<double>(sent) / seconds, cpu_seconds};
 }
 
 /// Reads up to `size` bytes into `buffer`, fewer only at end of stream.
@@ -258,7 +274,7 @@ std::size_t read_block(int fd, std::vector<std::byte>& buffer, std::uint64_t siz
 }
 
 /// Raw loopback TCP: the receiver reads 1 MiB blocks and discards them.
-double loopback_throughput(std::uint64_t total) {
+Rate loopback_throughput(std::uint64_t total) {
     return loopback_transfer(
         total, [] {},
         [](int fd, std::uint64_t) {
@@ -277,39 +293,41 @@ double loopback_throughput(std::uint64_t total) {
 double bare_transfer(std::uint64_t total, const fs::path& file, bool sender_hashes) {
     const std::string expected = send_digest(total);
     std::string sent_digest;
-    double rate = loopback_transfer(
-        total,
-        [&] {
-            if (sender_hashes) sent_digest = send_digest(total);
-        },
-        [&](int fd, std::uint64_t size) {
-            std::vector<std::byte> buffer(std::size_t{1} << 20);
-            fedcli::util::Sha256 hash;
-            int out = open(file.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-            if (out < 0) throw fedcli::Error(file.string() + ": " + strerror(errno));
-            std::uint64_t received = 0;
-            int error = 0;
-            while (received < size && error == 0) {
-                std::size_t got =
-                    read_block(fd, buffer, std::min<std::uint64_t>(buffer.size(), size - received));
-                if (got == 0) break;
-                hash.update(buffer.data(), got);
-                for (std::size_t done = 0; done < got && error == 0;) {
-                    ssize_t n = write(out, buffer.data() + done, got - done);
-                    if (n < 0 && errno == EINTR) continue;
-                    if (n <= 0)
-                        error = n < 0 ? errno : ENOSPC;
-                    else
-                        done += static_cast<std::size_t>(n);
+    const double rate =
+        loopback_transfer(
+            total,
+            [&] {
+                if (sender_hashes) sent_digest = send_digest(total);
+            },
+            [&](int fd, std::uint64_t size) {
+                std::vector<std::byte> buffer(std::size_t{1} << 20);
+                fedcli::util::Sha256 hash;
+                int out = open(file.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+                if (out < 0) throw fedcli::Error(file.string() + ": " + strerror(errno));
+                std::uint64_t received = 0;
+                int error = 0;
+                while (received < size && error == 0) {
+                    std::size_t got = read_block(
+                        fd, buffer, std::min<std::uint64_t>(buffer.size(), size - received));
+                    if (got == 0) break;
+                    hash.update(buffer.data(), got);
+                    for (std::size_t done = 0; done < got && error == 0;) {
+                        ssize_t n = write(out, buffer.data() + done, got - done);
+                        if (n < 0 && errno == EINTR) continue;
+                        if (n <= 0)
+                            error = n < 0 ? errno : ENOSPC;
+                        else
+                            done += static_cast<std::size_t>(n);
+                    }
+                    received += got;
                 }
-                received += got;
-            }
-            close(out);
-            if (error != 0) throw fedcli::Error(file.string() + ": " + strerror(error));
-            if (received != size || hash.hex_digest() != expected) {
-                throw fedcli::Error("bare transfer: received bytes do not match what was sent");
-            }
-        });
+                close(out);
+                if (error != 0) throw fedcli::Error(file.string() + ": " + strerror(error));
+                if (received != size || hash.hex_digest() != expected) {
+                    throw fedcli::Error("bare transfer: received bytes do not match what was sent");
+                }
+            })
+            .bytes_per_second;
     fs::remove(file);
     if (sender_hashes && sent_digest != expected) {
         throw fedcli::Error("bare transfer: sender digest differs");
@@ -529,8 +547,15 @@ int main(int argc, char** argv) {
         fs::create_directories(base);
         // Throughput first, on an idle machine.
         const std::uint64_t size = 100'000'000;
-        double loopback = 0;
-        for (int i = 0; i < 3; ++i) loopback = std::max(loopback, loopback_throughput(1ull << 30));
+        const std::uint64_t loopback_bytes = 1ull << 30;
+        Rate best_loopback;
+        for (int i = 0; i < 3; ++i) {
+            Rate rate = loopback_throughput(loopback_bytes);
+            if (rate.bytes_per_second > best_loopback.bytes_per_second) best_loopback = rate;
+        }
+        const double loopback = best_loopback.bytes_per_second;
+        const double loopback_cpu_per_byte =
+            best_loopback.cpu_seconds / static_cast<double>(loopback_bytes);
         const double sha256 = sha256_throughput();
         double upload = 0;
         double download = 0;
@@ -563,7 +588,8 @@ int main(int argc, char** argv) {
         }
         const double target = options.throughput_target;
         std::printf("transfer (100 MB model, best of 3)\n");
-        std::printf("  raw TCP loopback     %8.0f MB/s\n", loopback / 1e6);
+        std::printf("  raw TCP loopback     %8.0f MB/s  (%.1f cores busy)\n", loopback / 1e6,
+                    best_loopback.cpu_seconds * loopback / static_cast<double>(loopback_bytes));
         std::printf("  sha256, one core     %8.0f MB/s  (%.2f of loopback)\n", sha256 / 1e6,
                     sha256 / loopback);
         std::printf(
@@ -580,6 +606,15 @@ int main(int argc, char** argv) {
         std::printf(
             "  download (pull)      %8.0f MB/s  ratio %.2f (target >= %.2f), %.2f of bare TCP\n",
             download / 1e6, download / loopback, target, download / bare_download);
+        // What the target leaves to spend: at target x loopback, a transfer of `size` bytes
+        // takes size / (target x loopback) seconds on this many cores.
+        const double cores = std::max(1u, std::thread::hardware_concurrency());
+        const double budget = cores * static_cast<double>(size) / (target * loopback);
+        std::printf(
+            "  CPU at the target: %.3f CPU-s for %.0f MB on %.0f cores; the socket copies take "
+            "%.3f of it and each SHA-256 pass %.3f (a download needs one, an upload two)\n",
+            budget, static_cast<double>(size) / 1e6, cores,
+            loopback_cpu_per_byte * static_cast<double>(size), static_cast<double>(size) / sha256);
         if (sha256 / loopback < target) {
             std::printf(
                 "  (out of reach here: every transfer verified on receipt runs the whole file "
