@@ -273,6 +273,17 @@ std::size_t read_block(int fd, std::vector<std::byte>& buffer, std::uint64_t siz
     return got;
 }
 
+/// Writes all of `size` bytes; 0, or the errno that stopped it.
+int write_block(int fd, const std::byte* data, std::size_t size) {
+    for (std::size_t done = 0; done < size;) {
+        ssize_t n = write(fd, data + done, size - done);
+        if (n < 0 && errno == EINTR) continue;
+        if (n <= 0) return n < 0 ? errno : ENOSPC;
+        done += static_cast<std::size_t>(n);
+    }
+    return 0;
+}
+
 /// Raw loopback TCP: the receiver reads 1 MiB blocks and discards them.
 Rate loopback_throughput(std::uint64_t total) {
     return loopback_transfer(
@@ -290,8 +301,9 @@ Rate loopback_throughput(std::uint64_t total) {
 /// uploader must to name its file in the header. What fedcli's transfers add (framing, gRPC,
 /// reading the file) shows as their fraction of this; a receiver that hashes on a second
 /// thread, as fedcli's download does, can beat it.
-double bare_transfer(std::uint64_t total, const fs::path& file, bool sender_hashes) {
-    const std::string expected = send_digest(total);
+/// `expected` is send_digest(total), computed once by the caller.
+double bare_transfer(std::uint64_t total, const std::string& expected, const fs::path& file,
+                     bool sender_hashes) {
     std::string sent_digest;
     const double rate =
         loopback_transfer(
@@ -311,14 +323,7 @@ double bare_transfer(std::uint64_t total, const fs::path& file, bool sender_hash
                         fd, buffer, std::min<std::uint64_t>(buffer.size(), size - received));
                     if (got == 0) break;
                     hash.update(buffer.data(), got);
-                    for (std::size_t done = 0; done < got && error == 0;) {
-                        ssize_t n = write(out, buffer.data() + done, got - done);
-                        if (n < 0 && errno == EINTR) continue;
-                        if (n <= 0)
-                            error = n < 0 ? errno : ENOSPC;
-                        else
-                            done += static_cast<std::size_t>(n);
-                    }
+                    error = write_block(out, buffer.data(), got);
                     received += got;
                 }
                 close(out);
@@ -566,16 +571,19 @@ int main(int argc, char** argv) {
             auto stub = v1::Transfer::NewStub(combiner.channel);
             // Each bare transfer runs next to the fedcli transfer it matches, so both meet the same
             // machine state (the VM hands out fresh pages at very different speeds over time).
+            const std::string bare_digest = send_digest(size);
+            const fs::path bare_file = base / "bare.bin";
             for (int i = 0; i < 3; ++i) {
-                const fs::path bare_file = base / "bare.bin";
-                bare_upload = std::max(bare_upload, bare_transfer(size, bare_file, true));
+                bare_upload =
+                    std::max(bare_upload, bare_transfer(size, bare_digest, bare_file, true));
                 fs::path file = base / ("model-" + std::to_string(i) + ".npz");
                 write_model(file, size, 100 + static_cast<unsigned>(i));
                 auto start = Clock::now();
                 auto uploaded = fedcli::proto::upload_file(*stub, v1::TRANSFER_KIND_MODEL, file);
                 upload =
                     std::max(upload, static_cast<double>(uploaded.size) / seconds_since(start));
-                bare_download = std::max(bare_download, bare_transfer(size, bare_file, false));
+                bare_download =
+                    std::max(bare_download, bare_transfer(size, bare_digest, bare_file, false));
                 fs::path copy = base / ("pulled-" + std::to_string(i) + ".npz");
                 start = Clock::now();
                 auto pulled =
