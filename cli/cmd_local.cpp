@@ -418,7 +418,6 @@ void LocalRun::start_combiner() {
     auto package = proto::upload_file(m_connection->transfer(), v1::TRANSFER_KIND_PACKAGE,
                                       m_package, {}, transfer);
     v1::SetPackageRequest package_request;
-    m_package_id = package.id;
     package_request.set_sha256(package.id);
     package_request.set_name(m_project.name + ".tgz");
     package_request.set_signature(m_signature);
